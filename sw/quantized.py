@@ -1,0 +1,316 @@
+"""The integer reference of an MoE layer: what the hardware computes, bit for bit.
+
+`QuantizedMoE.from_float` quantises a float `MoELayer` against calibration tokens (int8 weights with
+per-output-channel scales, int8 activations with per-tensor scales, int32 biases, requantisation
+multipliers and shifts, activation tables); `QuantizedMoE.forward` then runs on int8 tokens using only
+the integer rules of `numerics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import numerics as nx
+from .reference import Expert, MoELayer, MoESpec
+
+__all__ = ["quantize_tensor", "dequantize", "QuantizedLinear", "QuantizedExpert", "Routing",
+           "QuantizedRouter", "QuantizedMoE", "dispatch_table"]
+
+
+def _scale_of(values: torch.Tensor, dim=None) -> torch.Tensor:
+    """Symmetric int8 scale: max |value| maps to 127 (a zero range gets scale 1)."""
+    peak = values.abs().amax() if dim is None else values.abs().amax(dim=dim)
+    peak = peak.to(torch.float64)
+    return torch.where(peak > 0, peak / nx.INT8_MAX, torch.ones_like(peak))
+
+
+def quantize_tensor(values: torch.Tensor, scale) -> torch.Tensor:
+    """Float -> int8: ``saturate(floor(v / scale + 1/2))`` (round half up), as the host does."""
+    scaled = values.to(torch.float64) / torch.as_tensor(scale, dtype=torch.float64)
+    return nx.saturate(torch.floor(scaled + 0.5).to(torch.int64))
+
+
+def dequantize(values: torch.Tensor, scale) -> torch.Tensor:
+    return values.to(torch.float64) * torch.as_tensor(scale, dtype=torch.float64)
+
+
+def _matmul(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
+    """Exact int8 x int8 -> int32 dot products, ``x [T, in] @ w [out, in]^T`` (int64 holds them)."""
+    return x_q.to(torch.int64) @ w_q.to(torch.int64).T
+
+
+@dataclass
+class QuantizedLinear:
+    """``y = epilogue(x_q @ weight^T, bias, multiplier, shift, table)``: int8 in, int8 out.
+
+    weight int8 ``[out, in]``, bias int32 ``[out]``, multiplier/shift per output channel, an optional
+    256-entry activation table, and the float scales the integers stand for.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    multiplier: torch.Tensor
+    shift: torch.Tensor
+    weight_scale: torch.Tensor
+    in_scale: float
+    out_scale: float
+    table: torch.Tensor | None = None
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, in_scale: float,
+                   out_scale: float, table: torch.Tensor | None = None,
+                   output_factor: float = 1.0) -> "QuantizedLinear":
+        """Quantise a float linear layer. `output_factor` folds a constant multiple of the output into
+        the requantisation (e.g. a routed scaling factor); `table` applies after requantisation."""
+        weight = weight.detach().to(torch.float64)
+        weight_scale = _scale_of(weight, dim=1)
+        weight_q = quantize_tensor(weight, weight_scale.unsqueeze(1))
+        acc_scale = in_scale * weight_scale
+        if bias is None:
+            bias_q = torch.zeros(weight.shape[0], dtype=torch.int64)
+        else:
+            bias_q = nx.saturate(torch.floor(bias.detach().to(torch.float64) / acc_scale + 0.5)
+                                 .to(torch.int64), 32)
+        multiplier, shift = nx.quantize_multiplier(acc_scale * output_factor / out_scale)
+        return cls(weight_q, bias_q, multiplier, shift, weight_scale, float(in_scale),
+                   float(out_scale), table)
+
+    def accumulate(self, x_q: torch.Tensor) -> torch.Tensor:
+        """The int32 accumulators before the epilogue (bias not yet added)."""
+        return _matmul(x_q, self.weight)
+
+    def __call__(self, x_q: torch.Tensor) -> torch.Tensor:
+        return nx.epilogue(self.accumulate(x_q), self.bias, self.multiplier, self.shift, self.table)
+
+
+class _Ranges:
+    """Max |value| seen on calibration tokens, per named tensor."""
+
+    def __init__(self):
+        self.peaks: dict[str, float] = {}
+
+    def see(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        peak = float(values.detach().abs().max()) if values.numel() else 0.0
+        self.peaks[name] = max(self.peaks.get(name, 0.0), peak)
+        return values
+
+    def scale(self, name: str) -> float:
+        peak = self.peaks[name]
+        return peak / nx.INT8_MAX if peak > 0 else 1.0
+
+
+@dataclass
+class QuantizedExpert:
+    """An expert in integers. SwiGLU: ``h = requant(silu_table(gate(x)) * up(x))``; GELU/ReLU:
+    ``h = table(up(x))``; then ``y = down(h)``, int8 at the layer's common expert-output scale."""
+
+    activation: str
+    up: QuantizedLinear
+    gate: QuantizedLinear | None
+    down: QuantizedLinear
+    hidden_multiplier: torch.Tensor | None = None
+    hidden_shift: torch.Tensor | None = None
+
+    @classmethod
+    def from_float(cls, expert: Expert, calib_x: torch.Tensor, in_scale: float, out_scale: float,
+                   output_factor: float = 1.0) -> "QuantizedExpert":
+        ranges = _Ranges()
+        with torch.no_grad():
+            up = ranges.see("up", expert.up(calib_x))
+            if expert.activation == "swiglu":
+                gate = ranges.see("gate", expert.gate(calib_x))
+                act = ranges.see("act", torch.nn.functional.silu(gate))
+                ranges.see("hidden", act * up)
+            else:
+                ranges.see("hidden", expert.hidden(calib_x))
+        bias = lambda layer: layer.bias                                     # noqa: E731
+        if expert.activation == "swiglu":
+            gate_scale, act_scale = ranges.scale("gate"), ranges.scale("act")
+            up_scale, hidden_scale = ranges.scale("up"), ranges.scale("hidden")
+            gate_q = QuantizedLinear.from_float(expert.gate.weight, bias(expert.gate), in_scale,
+                                                gate_scale,
+                                                nx.activation_table("silu", gate_scale, act_scale))
+            up_q = QuantizedLinear.from_float(expert.up.weight, bias(expert.up), in_scale, up_scale)
+            hidden_multiplier, hidden_shift = nx.quantize_multiplier(
+                act_scale * up_scale / hidden_scale)
+        else:
+            up_scale, hidden_scale = ranges.scale("up"), ranges.scale("hidden")
+            table = nx.activation_table(expert.activation, up_scale, hidden_scale)
+            up_q = QuantizedLinear.from_float(expert.up.weight, bias(expert.up), in_scale, up_scale,
+                                              table)
+            gate_q, hidden_multiplier, hidden_shift = None, None, None
+        down_q = QuantizedLinear.from_float(expert.down.weight, bias(expert.down), hidden_scale,
+                                            out_scale, output_factor=output_factor)
+        return cls(expert.activation, up_q, gate_q, down_q, hidden_multiplier, hidden_shift)
+
+    def hidden(self, x_q: torch.Tensor) -> torch.Tensor:
+        if self.activation == "swiglu":
+            return nx.requantize(self.gate(x_q) * self.up(x_q), self.hidden_multiplier,
+                                 self.hidden_shift)
+        return self.up(x_q)
+
+    def __call__(self, x_q: torch.Tensor) -> torch.Tensor:
+        return self.down(self.hidden(x_q))
+
+
+@dataclass
+class Routing:
+    """Per token, the chosen experts ``[T, k]`` (best first) and their Q15 gate weights ``[T, k]``."""
+
+    experts: torch.Tensor
+    gates: torch.Tensor
+
+
+# A choice score below every real one: masks the experts of groups that were not selected.
+_MASKED = -(1 << 40)
+
+
+@dataclass
+class QuantizedRouter:
+    """Integer router: int8 tokens -> int16 Q8 logits -> selection and Q15 gate weights.
+
+    The tie rule everywhere: among equal scores the lower expert index wins.
+    """
+
+    spec: MoESpec
+    logits: QuantizedLinear              # out_scale is 2**-8: logits are Q8, saturated to int16
+    score_bias: torch.Tensor | None      # sigmoid_bias: Q15 bias added to the score for selection
+
+    @classmethod
+    def from_float(cls, layer: MoELayer, in_scale: float) -> "QuantizedRouter":
+        logits = QuantizedLinear.from_float(layer.router.weight, None, in_scale,
+                                            2.0 ** -nx.LOGIT_FRAC_BITS)
+        score_bias = None
+        if layer.score_bias is not None:
+            score_bias = torch.floor(layer.score_bias.detach().to(torch.float64) * nx.GATE_ONE + 0.5) \
+                .to(torch.int64)
+        return cls(layer.spec, logits, score_bias)
+
+    def logits_q8(self, x_q: torch.Tensor) -> torch.Tensor:
+        acc = self.logits.accumulate(x_q)
+        return nx.requantize(acc, self.logits.multiplier, self.logits.shift, bits=16)
+
+    def __call__(self, x_q: torch.Tensor) -> Routing:
+        spec = self.spec
+        logits = self.logits_q8(x_q)
+        if spec.router == "sigmoid_bias":
+            scores = nx.sigmoid_fixed(logits)
+            choice = scores + (self.score_bias if self.score_bias is not None else 0)
+            if spec.n_groups > 1:
+                tokens = choice.shape[0]
+                grouped = choice.view(tokens, spec.n_groups, -1)
+                best_two = torch.gather(grouped, 2, nx.topk_indices(grouped, 2))
+                keep = nx.topk_indices(best_two.sum(-1), spec.topk_groups)
+                group_mask = torch.zeros(tokens, spec.n_groups, dtype=torch.bool)
+                group_mask[torch.arange(tokens).unsqueeze(1), keep] = True
+                expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape(tokens, -1)
+                choice = torch.where(expert_mask, choice, torch.full_like(choice, _MASKED))
+            experts = nx.topk_indices(choice, spec.k)
+            gates = nx.normalize(torch.gather(scores, 1, experts))
+            return Routing(experts, gates)
+        experts = nx.topk_indices(logits, spec.k)
+        if spec.router == "softmax_topk_renorm":
+            gates = nx.softmax_fixed(torch.gather(logits, 1, experts))
+        else:                                   # softmax_topk, top1: probabilities over all experts
+            gates = torch.gather(nx.softmax_fixed(logits), 1, experts)
+        return Routing(experts, gates)
+
+
+def dispatch_table(routing: Routing, n_experts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per expert: the indices of its tokens (ascending) and their gate weights."""
+    table = []
+    for expert_id in range(n_experts):
+        tokens, slots = torch.nonzero(routing.experts == expert_id, as_tuple=True)
+        table.append((tokens, routing.gates[tokens, slots]))
+    return table
+
+
+@dataclass
+class QuantizedMoE:
+    """The whole MoE layer in integers: int8 tokens ``[T, d_model]`` in, int8 ``[T, d_model]`` out.
+
+    Output: ``requant(sum_i gate_i * y_i + gate_shared * y_shared)`` where the y are int8 expert
+    outputs at a common scale and the gates Q15.
+    """
+
+    spec: MoESpec
+    in_scale: float
+    expert_scale: float
+    out_scale: float
+    router: QuantizedRouter
+    experts: list[QuantizedExpert]
+    shared: QuantizedExpert | None
+    shared_gate: QuantizedLinear | None
+    combine_multiplier: torch.Tensor
+    combine_shift: torch.Tensor
+
+    @classmethod
+    def from_float(cls, layer: MoELayer, calib_x: torch.Tensor) -> "QuantizedMoE":
+        """Quantise `layer`, taking activation ranges from the calibration tokens `calib_x`."""
+        spec = layer.spec
+        calib_x = calib_x.detach().to(torch.float32)
+        if calib_x.ndim != 2 or calib_x.shape[1] != spec.d_model:
+            raise ValueError(f"calibration tokens must have shape [T, {spec.d_model}], "
+                             f"not {list(calib_x.shape)}")
+        in_scale = float(_scale_of(calib_x))
+        with torch.no_grad():
+            expert_peak = max(float(expert(calib_x).abs().max()) for expert in layer.experts)
+            expert_peak *= spec.routed_scaling
+            if layer.shared is not None:
+                expert_peak = max(expert_peak, float(layer.shared(calib_x).abs().max()))
+            out_peak = float(layer(calib_x).abs().max())
+        expert_scale = expert_peak / nx.INT8_MAX if expert_peak > 0 else 1.0
+        out_scale = out_peak / nx.INT8_MAX if out_peak > 0 else 1.0
+        experts = [QuantizedExpert.from_float(expert, calib_x, in_scale, expert_scale,
+                                              output_factor=spec.routed_scaling)
+                   for expert in layer.experts]
+        shared = shared_gate = None
+        if layer.shared is not None:
+            shared = QuantizedExpert.from_float(layer.shared, calib_x, in_scale, expert_scale)
+            if layer.shared_gate is not None:
+                shared_gate = QuantizedLinear.from_float(layer.shared_gate.weight, None, in_scale,
+                                                         2.0 ** -nx.LOGIT_FRAC_BITS)
+        combine_multiplier, combine_shift = nx.quantize_multiplier(
+            expert_scale / (nx.GATE_ONE * out_scale))
+        return cls(spec, in_scale, expert_scale, out_scale, QuantizedRouter.from_float(layer, in_scale),
+                   experts, shared, shared_gate, combine_multiplier, combine_shift)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize_tensor(x, self.in_scale)
+
+    def dequantize_output(self, y_q: torch.Tensor) -> torch.Tensor:
+        return dequantize(y_q, self.out_scale)
+
+    def shared_gate_q15(self, x_q: torch.Tensor) -> torch.Tensor:
+        """The shared expert's Q15 gate per token ``[T]`` (1.0 when it has no gate)."""
+        if self.shared_gate is None:
+            return torch.full((x_q.shape[0],), nx.GATE_ONE, dtype=torch.int64)
+        logit = nx.requantize(self.shared_gate.accumulate(x_q), self.shared_gate.multiplier,
+                              self.shared_gate.shift, bits=16)
+        return nx.sigmoid_fixed(logit)[:, 0]
+
+    def accumulate(self, x_q: torch.Tensor, routing: Routing | None = None) -> torch.Tensor:
+        """The gate-weighted sum ``[T, d_model]`` before the final requantisation, walking experts
+        through their token queues as the hardware does."""
+        x_q = torch.as_tensor(x_q, dtype=torch.int64)
+        if x_q.ndim != 2 or x_q.shape[1] != self.spec.d_model:
+            raise ValueError(f"tokens must have shape [T, {self.spec.d_model}], not {list(x_q.shape)}")
+        routing = self.router(x_q) if routing is None else routing
+        acc = torch.zeros(x_q.shape, dtype=torch.int64)
+        for expert_id, (tokens, gates) in enumerate(dispatch_table(routing, self.spec.n_experts)):
+            if tokens.numel():
+                acc[tokens] += gates.unsqueeze(1) * self.experts[expert_id](x_q[tokens])
+        if self.shared is not None:
+            acc += self.shared_gate_q15(x_q).unsqueeze(1) * self.shared(x_q)
+        return acc
+
+    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
+        return nx.requantize(self.accumulate(x_q), self.combine_multiplier, self.combine_shift)
+
+    __call__ = forward
+
+    def run_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantise float tokens, run the integer layer, dequantise the result."""
+        return self.dequantize_output(self.forward(self.quantize_input(x)))
