@@ -1,0 +1,40 @@
+"""Payload layouts of the streams between blocks, as `lib.data` layouts: the one definition that the
+gateware, the emulator, the host and the testbenches encode and decode with.
+
+Field widths come from `sw.numerics`, the definition of the arithmetic, never restated here.
+"""
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
+
+from ..sw import numerics as nx
+
+__all__ = ["EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out"]
+
+# One output channel's operands: the int32 accumulator and its per-channel epilogue parameters.
+EPILOGUE_LANE = data.StructLayout({
+    "acc": signed(32),
+    "bias": signed(32),
+    "multiplier": unsigned(nx.MULT_BITS),
+    "shift": unsigned(nx.SHIFT_BITS),
+})
+
+# One entry of the 256-entry activation table: entry `index` is the output for input `index - 128`.
+TABLE_WRITE = data.StructLayout({
+    "index": unsigned(8),
+    "value": signed(8),
+})
+
+
+def epilogue_in(lanes: int) -> data.StructLayout:
+    """A row of `lanes` accumulators with their parameters; `apply_table` selects the activation
+    table (else the requantised value passes through)."""
+    return data.StructLayout({
+        "lanes": data.ArrayLayout(EPILOGUE_LANE, lanes),
+        "apply_table": unsigned(1),
+    })
+
+
+def epilogue_out(lanes: int) -> data.ArrayLayout:
+    """A row of `lanes` int8 results."""
+    return data.ArrayLayout(signed(8), lanes)

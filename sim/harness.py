@@ -1,0 +1,223 @@
+"""Runs cocotb testbenches against Amaranth components simulated with Verilator.
+
+Environment variables (read by the pytest process):
+    MOEACCEL_BUILD_DIR  root of the simulation builds (default: <repo>/build/sim)
+    MOEACCEL_WAVES=1    build with FST tracing and write <build dir>/dump.fst
+    MOEACCEL_SEED=<int> replay a regression with this cocotb random seed
+Environment variable read inside the simulator:
+    MOEACCEL_TB_PARAMS  JSON test parameters, see encode_params() and tb_params()
+"""
+
+import fcntl
+import json
+import os
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from xml.etree import ElementTree
+
+from amaranth.back import verilog
+from amaranth.hdl import Const, ValueCastable
+from amaranth.hdl._ir import PortDirection
+from amaranth.lib import wiring
+from cocotb.clock import Clock
+from cocotb.triggers import RisingEdge
+from cocotb_tools.runner import get_results, get_runner
+
+from .toolchain import fst_build_args, verilator_env
+
+BUILD_ROOT = Path(
+    os.environ.get("MOEACCEL_BUILD_DIR") or Path(__file__).resolve().parents[1] / "build" / "sim"
+).resolve()
+PARAMS_ENV = "MOEACCEL_TB_PARAMS"
+
+# -Wno-fatal keeps lint warnings from failing a build; the rest silence warnings that Amaranth's
+# Verilog output (via Yosys) raises on every design and that carry no information.
+VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE"]
+WAVES_ARGS = ["--trace-fst", "--trace-structs"]
+LZ4_SHIM_DIR = BUILD_ROOT / "_lz4_shim"
+WAVES_FILE = "dump.fst"  # name chosen by cocotb's verilator.cpp when built with --trace-fst
+
+
+def component_ports(component) -> dict:
+    """The top-level ports of a `wiring.Component`, from its signature.
+
+    Members that are constants (the `ready` of an `always_ready` stream, the `valid` of an
+    `always_valid` one) are not ports; Amaranth 0.5's own port collection refuses them.
+    """
+    ports = {}
+    for path, member, value in component.signature.flatten(component):
+        if isinstance(value, ValueCastable):
+            value = value.as_value()
+        if isinstance(value, Const):
+            continue
+        direction = PortDirection.Input if member.flow == wiring.In else PortDirection.Output
+        ports["__".join(map(str, path))] = (value, direction)
+    return ports
+
+
+def to_verilog(component, name: str, ports=None) -> str:
+    """Return the Verilog text of an Amaranth elaboratable (a wiring.Component needs no ports)."""
+    if ports is None and isinstance(getattr(component, "signature", None), wiring.Signature):
+        ports = component_ports(component)
+    return verilog.convert(component, name=name, ports=ports, emit_src=False)
+
+
+def encode_params(params: dict) -> dict[str, str]:
+    """Return the environment entry that hands JSON-able `params` to the cocotb test."""
+    return {PARAMS_ENV: json.dumps(params, sort_keys=True)}
+
+
+def tb_params() -> dict:
+    """Return the parameters passed by run_cocotb (call inside the cocotb test)."""
+    return json.loads(os.environ.get(PARAMS_ENV, "{}"))
+
+
+async def start_clock(dut, period_ns: int = 10):
+    """Start a GPI clock on dut.clk (low first, so the first rising edge is at period/2)."""
+    clock = Clock(dut.clk, period_ns, unit="ns", impl="gpi")
+    clock.start(start_high=False)
+    return clock
+
+
+async def reset(dut, cycles: int = 2) -> None:
+    """Hold dut.rst high for `cycles` rising edges; returns just after the edge releasing it."""
+    dut.rst.value = 1
+    for _ in range(cycles):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0  # inertial write: the flops see it from the next edge on
+
+
+class StallGenerator:
+    """Infinite iterator of bools, True (stall) with the given probability."""
+
+    def __init__(self, rng: random.Random, probability: float):
+        """Draw from `rng`; `probability` is the chance that a cycle stalls."""
+        self.rng = rng
+        self.probability = probability
+
+    def __iter__(self):
+        """Return self."""
+        return self
+
+    def __next__(self) -> bool:
+        """Return True when this cycle should stall."""
+        return self.rng.random() < self.probability
+
+
+def run_cocotb(
+    component,
+    *,
+    toplevel: str,
+    test_module: str,
+    build_key: str,
+    parameters: dict | None = None,
+    extra_env: dict | None = None,
+    testcase: str | list[str] | None = None,
+    timeout_s: float | None = None,
+) -> Path:
+    """Build `component` with Verilator, run cocotb `test_module` on it; return the results xml.
+
+    `parameters` reach the test through tb_params(); `timeout_s` bounds the simulation's wall
+    time. Raises AssertionError if a cocotb test fails, none runs, or the simulator dies.
+    """
+    build_dir = BUILD_ROOT / toplevel / build_key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    waves = os.environ.get("MOEACCEL_WAVES", "0") == "1"
+    seed = int(os.environ.get("MOEACCEL_SEED") or random.randrange(1 << 31))
+    env = dict(extra_env or {})
+    if parameters is not None:
+        env.update(encode_params(parameters))
+    build_args = VERILATOR_ARGS + (WAVES_ARGS + fst_build_args(LZ4_SHIM_DIR) if waves else [])
+    results_xml = build_dir / "results.xml"
+
+    verilator_env()
+    runner = get_runner("verilator")
+    with _locked(build_dir / ".lock"):
+        source = build_dir / f"{toplevel}.v"
+        text = to_verilog(component, toplevel)
+        if not source.is_file() or source.read_text() != text:
+            source.write_text(text)
+        runner.build(
+            sources=[source],
+            hdl_toplevel=toplevel,
+            build_dir=build_dir,
+            always=False,
+            waves=waves,
+            build_args=build_args,
+        )
+        print(f"cocotb seed {seed} (replay with MOEACCEL_SEED={seed})")
+        what = f"{toplevel} ({test_module}, seed {seed})"
+        start = time.monotonic()
+        with _sim_timeout(timeout_s):
+            try:
+                runner.test(
+                    hdl_toplevel=toplevel,
+                    test_module=test_module,
+                    build_dir=build_dir,
+                    test_dir=build_dir,
+                    results_xml=str(results_xml),
+                    testcase=testcase,
+                    waves=waves,
+                    extra_env=env,
+                    seed=seed,
+                )
+                problem = None
+            except SystemExit as exc:  # under pytest the runner exits on failed tests
+                problem = f"runner exit status {exc.code}"
+            except RuntimeError as exc:  # the simulator exited with a non-zero status
+                problem = str(exc)
+        if waves:
+            print(f"waveform: {build_dir / WAVES_FILE}")
+        if problem and timeout_s is not None and time.monotonic() - start >= timeout_s:
+            raise AssertionError(f"{what}: simulation timed out after {timeout_s} s")
+        _check_results(results_xml, problem, what)
+    return results_xml
+
+
+@contextmanager
+def _locked(path: Path):
+    """Hold an exclusive flock on `path` (serialises builds sharing a build dir)."""
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def _sim_timeout(timeout_s: float | None):
+    """Prefix the simulator command with coreutils `timeout` (the runner reads SIM_CMD_PREFIX)."""
+    if timeout_s is None:
+        yield
+        return
+    saved = os.environ.get("SIM_CMD_PREFIX")
+    os.environ["SIM_CMD_PREFIX"] = f"timeout -k 10 {timeout_s} {saved or ''}"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["SIM_CMD_PREFIX"]
+        else:
+            os.environ["SIM_CMD_PREFIX"] = saved
+
+
+def _check_results(results_xml: Path, problem: str | None, what: str) -> None:
+    """Raise AssertionError unless the run went cleanly and at least one test ran, none failing."""
+    try:
+        num_tests, num_failed = get_results(results_xml)
+    except RuntimeError:
+        raise AssertionError(f"{what}: simulator ended without results ({problem})") from None
+    cases = list(ElementTree.parse(results_xml).getroot().iter("testcase"))
+    failed = [
+        f"{case.get('name')}: {bad.get('message', '').strip()}"
+        for case in cases
+        for bad in case
+        if bad.tag in ("failure", "error")
+    ]
+    ran = num_tests - sum(case.find("skipped") is not None for case in cases)
+    if num_failed or failed:
+        raise AssertionError(f"{what}: {num_failed} of {num_tests} cocotb tests failed: {failed}")
+    if ran == 0:
+        raise AssertionError(f"{what}: no cocotb test ran")
+    if problem:
+        raise AssertionError(f"{what}: {problem}")
