@@ -116,11 +116,13 @@ def run_cocotb(
     extra_env: dict | None = None,
     testcase: str | list[str] | None = None,
     timeout_s: float | None = None,
+    log_file: Path | None = None,
 ) -> Path:
     """Build `component` with Verilator, run cocotb `test_module` on it; return the results xml.
 
     `parameters` reach the test through tb_params(); `timeout_s` bounds the simulation's wall
-    time. Raises AssertionError if a cocotb test fails, none runs, or the simulator dies.
+    time; `log_file` takes the build's and the simulation's output instead of the console.
+    Raises AssertionError if a cocotb test fails, none runs, or the simulator dies.
     """
     build_dir = BUILD_ROOT / toplevel / build_key
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -146,9 +148,12 @@ def run_cocotb(
             always=False,
             waves=waves,
             build_args=build_args,
+            log_file=log_file,
         )
         print(f"cocotb seed {seed} (replay with MOEACCEL_SEED={seed})")
         what = f"{toplevel} ({test_module}, seed {seed})"
+        if log_file is not None:
+            what += f", log in {log_file}"
         start = time.monotonic()
         with _sim_timeout(timeout_s):
             try:
@@ -162,6 +167,7 @@ def run_cocotb(
                     waves=waves,
                     extra_env=env,
                     seed=seed,
+                    log_file=log_file,
                 )
                 problem = None
             except SystemExit as exc:  # under pytest the runner exits on failed tests

@@ -88,7 +88,7 @@ def test_softmax_and_normalize():
     logits = torch.randint(-3000, 3000, (200, 9))
     probs = nx.softmax_fixed(logits)
     exact = torch.softmax(logits.double() / 256, dim=-1) * 32768
-    assert float((probs - exact).abs().max()) <= 32768 * 2 ** -8
+    assert float((probs - exact).abs().max()) <= 32
     assert probs.sum(-1).sub(32768).abs().max() <= 9          # each element rounds once
     assert nx.normalize(torch.tensor([[0, 0]])).tolist() == [[0, 0]]
     assert nx.normalize(torch.tensor([[5, 0]])).tolist() == [[32768, 0]]
