@@ -50,7 +50,7 @@ class Epilogue(wiring.Component):
         m.d.comb += self.i.ready.eq(advance)
 
         m.submodules.table = table = memory.Memory(
-            shape=signed(8), depth=256, init=[q for q in range(nx.INT8_MIN, nx.INT8_MAX + 1)])
+            shape=signed(8), depth=256, init=list(range(nx.INT8_MIN, nx.INT8_MAX + 1)))
         table_write = table.write_port()
         m.d.comb += [
             table_write.addr.eq(self.table_write.p.index),

@@ -27,9 +27,15 @@ from cocotb_tools.runner import get_results, get_runner
 
 from .toolchain import fst_build_args, verilator_env
 
-BUILD_ROOT = Path(
-    os.environ.get("MOEACCEL_BUILD_DIR") or Path(__file__).resolve().parents[1] / "build" / "sim"
-).resolve()
+
+def _default_build_root() -> Path:
+    """<checkout>/build/sim in a source checkout (editable install), else ./build/sim."""
+    checkout = Path(__file__).resolve().parents[1]
+    base = checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+    return base / "build" / "sim"
+
+
+BUILD_ROOT = Path(os.environ.get("MOEACCEL_BUILD_DIR") or _default_build_root()).resolve()
 PARAMS_ENV = "MOEACCEL_TB_PARAMS"
 
 # -Wno-fatal keeps lint warnings from failing a build; the rest silence warnings that Amaranth's

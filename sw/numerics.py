@@ -15,7 +15,7 @@ import torch
 
 __all__ = [
     "INT8_MIN", "INT8_MAX", "INT32_MIN", "INT32_MAX",
-    "MULT_BITS", "MULT_MIN", "MULT_MAX", "SHIFT_MAX", "LOGIT_FRAC_BITS", "GATE_FRAC_BITS", "GATE_ONE",
+    "MULT_BITS", "MULT_MIN", "MULT_MAX", "SHIFT_BITS", "SHIFT_MAX", "LOGIT_FRAC_BITS", "GATE_FRAC_BITS", "GATE_ONE",
     "saturate", "round_shift", "requantize", "quantize_multiplier", "epilogue",
     "activation_table", "apply_table", "ACTIVATIONS",
     "EXP2_TABLE", "exp_fixed", "normalize", "SIGMOID_TABLE", "sigmoid_fixed", "topk_indices",
