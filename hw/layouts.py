@@ -8,8 +8,9 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
 from ..sw import numerics as nx
+from ..sw.sparsity import code_bits
 
-__all__ = ["EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out"]
+__all__ = ["EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out", "weight_word"]
 
 # One output channel's operands: the int32 accumulator and its per-channel epilogue parameters.
 EPILOGUE_LANE = data.StructLayout({
@@ -38,3 +39,18 @@ def epilogue_in(lanes: int) -> data.StructLayout:
 def epilogue_out(lanes: int) -> data.ArrayLayout:
     """A row of `lanes` int8 results."""
     return data.ArrayLayout(signed(8), lanes)
+
+
+def weight_word(rows: int, cols: int, pattern) -> data.StructLayout:
+    """One word of a weight block: for each of `rows` output channels, `cols` kept int8 values (lane
+    `l` belongs to group ``l // N`` of the chunk) and, unless dense, one code per group naming which
+    `N` of its `M` inputs were kept (the rank of the index set among ``combinations(range(M), N)``).
+
+    Words are what one cycle of the MAC array consumes; `sw.sparsity.pack` writes them, bytes
+    little-endian, each padded to whole bus beats.
+    """
+    fields = {"values": data.ArrayLayout(data.ArrayLayout(signed(8), cols), rows)}
+    if code_bits(pattern):
+        fields["codes"] = data.ArrayLayout(
+            data.ArrayLayout(unsigned(code_bits(pattern)), cols // pattern.n), rows)
+    return data.StructLayout(fields)
