@@ -10,14 +10,21 @@ from amaranth.lib import data
 from ..sw import numerics as nx
 from ..sw.sparsity import code_bits
 
-__all__ = ["EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out", "weight_word"]
+__all__ = ["CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out", "weight_word"]
 
-# One output channel's operands: the int32 accumulator and its per-channel epilogue parameters.
-EPILOGUE_LANE = data.StructLayout({
-    "acc": signed(32),
+# Per-channel epilogue parameters.
+CHANNEL_PARAMS = data.StructLayout({
     "bias": signed(32),
     "multiplier": unsigned(nx.MULT_BITS),
     "shift": unsigned(nx.SHIFT_BITS),
+})
+
+# One output channel's operands: the int32 accumulator, its parameters, and whether the activation
+# table applies to it (else the requantised value passes through).
+EPILOGUE_LANE = data.StructLayout({
+    "acc": signed(32),
+    "params": CHANNEL_PARAMS,
+    "apply_table": unsigned(1),
 })
 
 # One entry of the 256-entry activation table: entry `index` is the output for input `index - 128`.
@@ -27,18 +34,20 @@ TABLE_WRITE = data.StructLayout({
 })
 
 
-def epilogue_in(lanes: int) -> data.StructLayout:
-    """A row of `lanes` accumulators with their parameters; `apply_table` selects the activation
-    table (else the requantised value passes through)."""
+def epilogue_in(lanes: int, tag_bits: int = 0) -> data.StructLayout:
+    """A row of `lanes` accumulators with their parameters, and a tag that travels with the row."""
     return data.StructLayout({
         "lanes": data.ArrayLayout(EPILOGUE_LANE, lanes),
-        "apply_table": unsigned(1),
+        "tag": unsigned(tag_bits),
     })
 
 
-def epilogue_out(lanes: int) -> data.ArrayLayout:
-    """A row of `lanes` int8 results."""
-    return data.ArrayLayout(signed(8), lanes)
+def epilogue_out(lanes: int, tag_bits: int = 0) -> data.StructLayout:
+    """A row of `lanes` int8 results, with the tag its input row carried."""
+    return data.StructLayout({
+        "values": data.ArrayLayout(signed(8), lanes),
+        "tag": unsigned(tag_bits),
+    })
 
 
 def weight_word(rows: int, cols: int, pattern) -> data.StructLayout:

@@ -94,9 +94,10 @@ def epilogue_in_rtl(out_dir: Path, config_name: str = "tiny") -> dict:
     acc = up.accumulate(x_q[tokens])                                   # [tokens, d_ff]
     channels = acc.shape[1]
     assert channels % lanes == 0
-    rows = [{"apply_table": 1,
-             "lanes": [{"acc": int(acc[t, c]), "bias": int(up.bias[c]),
-                        "multiplier": int(up.multiplier[c]), "shift": int(up.shift[c])}
+    rows = [{"tag": 0,
+             "lanes": [{"acc": int(acc[t, c]), "apply_table": 1,
+                        "params": {"bias": int(up.bias[c]), "multiplier": int(up.multiplier[c]),
+                                   "shift": int(up.shift[c])}}
                        for c in range(start, start + lanes)]}
             for t in range(acc.shape[0]) for start in range(0, channels, lanes)]
     job_dir = out_dir.resolve() / "epilogue"
@@ -107,7 +108,7 @@ def epilogue_in_rtl(out_dir: Path, config_name: str = "tiny") -> dict:
     print(f"  expert 0 of tiny-olmoe-gelu: {len(tokens)} tokens x d_ff {channels} = {len(rows)} rows "
           f"of {lanes} lanes ({config_name} preset)")
     run_cocotb(Epilogue(lanes), toplevel="epilogue", test_module="moeaccel.sim.tb.epilogue_replay",
-               build_key=f"lanes{lanes}", timeout_s=600, log_file=job_dir / "sim.log",
+               build_key=f"lanes{lanes}_tag0", timeout_s=600, log_file=job_dir / "sim.log",
                parameters={"lanes": lanes, "rows_file": str(rows_file),
                            "report_file": str(report_file)})
     report = json.loads(report_file.read_text())

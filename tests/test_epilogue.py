@@ -12,17 +12,18 @@ from moeaccel.hw.epilogue import Epilogue
 from moeaccel.sim.harness import run_cocotb
 
 
-def _regression(component, lanes, toplevel="epilogue"):
+def _regression(component, lanes, tag_bits=0, toplevel="epilogue"):
     run_cocotb(component, toplevel=toplevel, test_module="moeaccel.sim.tb.epilogue",
-               build_key=f"lanes{lanes}", parameters={"lanes": lanes, "rows": 150, "batches": 2},
+               build_key=f"lanes{lanes}_tag{tag_bits}",
+               parameters={"lanes": lanes, "tag_bits": tag_bits, "rows": 150, "batches": 2},
                timeout_s=600)
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("config", ["tiny", "pynq-z2"])
-def test_epilogue_regression(config):
+@pytest.mark.parametrize("config, tag_bits", [("tiny", 5), ("pynq-z2", 0)])
+def test_epilogue_regression(config, tag_bits):
     lanes = preset(config).epilogue_lanes
-    _regression(Epilogue(lanes), lanes)
+    _regression(Epilogue(lanes, tag_bits), lanes, tag_bits)
 
 
 class ShiftOffByOne(wiring.Component):
@@ -41,7 +42,7 @@ class ShiftOffByOne(wiring.Component):
             inner.i.valid.eq(self.i.valid),
             self.i.ready.eq(inner.i.ready),
             inner.i.payload.eq(self.i.payload),
-            inner.i.payload.lanes[0].shift.eq(self.i.payload.lanes[0].shift + 1),
+            inner.i.payload.lanes[0].params.shift.eq(self.i.payload.lanes[0].params.shift + 1),
         ]
         return m
 
@@ -52,11 +53,19 @@ def test_regression_catches_an_off_by_one_shift():
         _regression(ShiftOffByOne(4), 4, toplevel="epilogue_shift_off_by_one")
 
 
-@pytest.mark.parametrize("lanes", [0, -1, 2.0])
-def test_epilogue_refuses_bad_lanes(lanes):
+def _refused(message, *args):
     with warnings.catch_warnings():
         # The refused instance is never elaborated; collect it here, where that is expected.
         warnings.simplefilter("ignore", UnusedElaboratable)
-        with pytest.raises(ValueError, match=r"^Epilogue lanes must be a positive integer, not "):
-            Epilogue(lanes)
+        with pytest.raises(ValueError, match=message):
+            Epilogue(*args)
         gc.collect()
+
+
+@pytest.mark.parametrize("lanes", [0, -1, 2.0])
+def test_epilogue_refuses_bad_lanes(lanes):
+    _refused(r"^Epilogue lanes must be a positive integer, not ", lanes)
+
+
+def test_epilogue_refuses_bad_tag_bits():
+    _refused(r"^Epilogue tag_bits must be a non-negative integer, not -1$", 4, -1)

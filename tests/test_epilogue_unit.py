@@ -15,16 +15,14 @@ def test_epilogue_matches_golden_model_with_stalls():
     dut = Epilogue(lanes)
     layout = epilogue_in(lanes)
     table = nx.activation_table("gelu", 0.04, 0.03)
-    rows = [{"apply_table": rng.getrandbits(1),
-             "lanes": [{"acc": rng.randint(-(1 << 20), 1 << 20), "bias": rng.randint(-999, 999),
-                        "multiplier": rng.randint(nx.MULT_MIN, nx.MULT_MAX),
-                        "shift": rng.randint(24, 30)} for _ in range(lanes)]}
-            for _ in range(40)]
-    expected = [nx.epilogue(torch.tensor([lane["acc"] for lane in row["lanes"]]),
-                            torch.tensor([lane["bias"] for lane in row["lanes"]]),
-                            torch.tensor([lane["multiplier"] for lane in row["lanes"]]),
-                            torch.tensor([lane["shift"] for lane in row["lanes"]]),
-                            table if row["apply_table"] else None).tolist() for row in rows]
+    rows = [{"tag": 0, "lanes": [
+        {"acc": rng.randint(-(1 << 20), 1 << 20), "apply_table": rng.getrandbits(1),
+         "params": {"bias": rng.randint(-999, 999), "multiplier": rng.randint(nx.MULT_MIN, nx.MULT_MAX),
+                    "shift": rng.randint(24, 30)}} for _ in range(lanes)]}
+        for _ in range(40)]
+    expected = [[int(nx.epilogue(lane["acc"], lane["params"]["bias"], lane["params"]["multiplier"],
+                                 lane["params"]["shift"], table if lane["apply_table"] else None))
+                 for lane in row["lanes"]] for row in rows]
     received = []
 
     async def load_table_then_send(ctx):
@@ -47,7 +45,7 @@ def test_epilogue_matches_golden_model_with_stalls():
             ctx.set(dut.o.ready, ready)
             _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
             if valid and ready:
-                received.append([payload[n] for n in range(lanes)])
+                received.append([payload.values[n] for n in range(lanes)])
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

@@ -24,48 +24,55 @@ SHIFT_LIMIT = (1 << nx.SHIFT_BITS) - 1
 CLOCK_NS = 10
 
 
-def directed_rows(lanes: int) -> list[dict]:
-    """Edge cases: extremes of every field, rounding ties, saturation, every shift."""
-    lane_cases = [
-        dict(acc=nx.INT32_MAX, bias=nx.INT32_MAX, multiplier=nx.MULT_MAX, shift=0),
-        dict(acc=nx.INT32_MIN, bias=nx.INT32_MIN, multiplier=nx.MULT_MAX, shift=0),
-        dict(acc=nx.INT32_MIN, bias=nx.INT32_MIN, multiplier=nx.MULT_MAX, shift=nx.SHIFT_MAX),
-        dict(acc=nx.INT32_MAX, bias=nx.INT32_MAX, multiplier=nx.MULT_MAX, shift=nx.SHIFT_MAX),
-        dict(acc=nx.INT32_MIN, bias=nx.INT32_MIN, multiplier=nx.MULT_MAX, shift=SHIFT_LIMIT),
-        dict(acc=0, bias=0, multiplier=0, shift=5),
-        dict(acc=3, bias=0, multiplier=1, shift=1),        # 1.5 -> 2 (tie rounds up)
-        dict(acc=-3, bias=0, multiplier=1, shift=1),       # -1.5 -> -1 (tie rounds up)
-        dict(acc=-1, bias=0, multiplier=1, shift=1),       # -0.5 -> 0
-        dict(acc=255, bias=1, multiplier=1 << 14, shift=15),   # 128 -> saturates to 127
-        dict(acc=-257, bias=0, multiplier=1 << 14, shift=15),  # -128.5 -> -128
-        dict(acc=-259, bias=0, multiplier=1 << 14, shift=15),  # -129.5 -> -129 -> saturates
-    ]
-    lane_cases += [dict(acc=-(1 << 30), bias=12345, multiplier=nx.MULT_MIN, shift=s)
-                   for s in range(SHIFT_LIMIT + 1)]
+def _lane(acc, bias, multiplier, shift, apply_table):
+    return dict(acc=acc, params=dict(bias=bias, multiplier=multiplier, shift=shift),
+                apply_table=apply_table)
+
+
+def _rows(lanes: int, lane_cases: list[dict], tag_bits: int, rng: random.Random) -> list[dict]:
     rows = []
     for start in range(0, len(lane_cases), lanes):
         chunk = lane_cases[start:start + lanes]
         chunk += lane_cases[:lanes - len(chunk)]
-        for apply_table in (0, 1):
-            rows.append(dict(lanes=chunk, apply_table=apply_table))
+        rows.append(dict(lanes=chunk, tag=rng.getrandbits(tag_bits) if tag_bits else 0))
     return rows
 
 
-def random_rows(rng: random.Random, lanes: int, count: int) -> list[dict]:
-    """Random rows, most of them with realistic scales (outputs near the int8 range)."""
-    rows = []
-    for _ in range(count):
-        chunk = []
-        for _ in range(lanes):
-            if rng.random() < 0.7:                       # realistic: acc ~ 2**20, result ~ int8
-                acc, bias = rng.randint(-(1 << 20), 1 << 20), rng.randint(-(1 << 16), 1 << 16)
-                multiplier, shift = rng.randint(nx.MULT_MIN, nx.MULT_MAX), rng.randint(26, 30)
-            else:                                         # anything the fields can hold
-                acc, bias = rng.randint(*INT32), rng.randint(*INT32)
-                multiplier, shift = rng.randrange(1 << nx.MULT_BITS), rng.randrange(SHIFT_LIMIT + 1)
-            chunk.append(dict(acc=acc, bias=bias, multiplier=multiplier, shift=shift))
-        rows.append(dict(lanes=chunk, apply_table=rng.getrandbits(1)))
-    return rows
+def directed_rows(lanes: int, tag_bits: int, rng: random.Random) -> list[dict]:
+    """Edge cases: extremes of every field, rounding ties, saturation, every shift; each with and
+    without the table."""
+    cases = [
+        (nx.INT32_MAX, nx.INT32_MAX, nx.MULT_MAX, 0),
+        (nx.INT32_MIN, nx.INT32_MIN, nx.MULT_MAX, 0),
+        (nx.INT32_MIN, nx.INT32_MIN, nx.MULT_MAX, nx.SHIFT_MAX),
+        (nx.INT32_MAX, nx.INT32_MAX, nx.MULT_MAX, nx.SHIFT_MAX),
+        (nx.INT32_MIN, nx.INT32_MIN, nx.MULT_MAX, SHIFT_LIMIT),
+        (0, 0, 0, 5),
+        (3, 0, 1, 1),                        # 1.5 -> 2 (tie rounds up)
+        (-3, 0, 1, 1),                       # -1.5 -> -1 (tie rounds up)
+        (-1, 0, 1, 1),                       # -0.5 -> 0
+        (255, 1, 1 << 14, 15),               # 128 -> saturates to 127
+        (-257, 0, 1 << 14, 15),              # -128.5 -> -128
+        (-259, 0, 1 << 14, 15),              # -129.5 -> -129 -> saturates
+    ]
+    cases += [(-(1 << 30), 12345, nx.MULT_MIN, shift) for shift in range(SHIFT_LIMIT + 1)]
+    lane_cases = [_lane(*case, apply_table) for apply_table in (0, 1) for case in cases]
+    lane_cases += [_lane(*case, n % 2) for n, case in enumerate(cases)]
+    return _rows(lanes, lane_cases, tag_bits, rng)
+
+
+def random_rows(rng: random.Random, lanes: int, count: int, tag_bits: int = 0) -> list[dict]:
+    """Random rows, most lanes with realistic scales (outputs near the int8 range)."""
+    lane_cases = []
+    for _ in range(count * lanes):
+        if rng.random() < 0.7:                       # realistic: acc ~ 2**20, result ~ int8
+            case = (rng.randint(-(1 << 20), 1 << 20), rng.randint(-(1 << 16), 1 << 16),
+                    rng.randint(nx.MULT_MIN, nx.MULT_MAX), rng.randint(26, 30))
+        else:                                         # anything the fields can hold
+            case = (rng.randint(*INT32), rng.randint(*INT32), rng.randrange(1 << nx.MULT_BITS),
+                    rng.randrange(SHIFT_LIMIT + 1))
+        lane_cases.append(_lane(*case, rng.getrandbits(1)))
+    return _rows(lanes, lane_cases, tag_bits, rng)
 
 
 def random_table(rng: random.Random) -> list[int]:
@@ -78,20 +85,35 @@ def random_table(rng: random.Random) -> list[int]:
 
 def golden(row: dict, table: list[int]) -> list[int]:
     """What the epilogue must output for `row`, from the integer reference."""
-    fields = {name: torch.tensor([lane[name] for lane in row["lanes"]])
-              for name in ("acc", "bias", "multiplier", "shift")}
-    return nx.epilogue(fields["acc"], fields["bias"], fields["multiplier"], fields["shift"],
-                       torch.tensor(table) if row["apply_table"] else None).tolist()
+    out = []
+    for lane in row["lanes"]:
+        params = lane["params"]
+        value = nx.epilogue(torch.tensor([lane["acc"]]), torch.tensor([params["bias"]]),
+                            torch.tensor([params["multiplier"]]), torch.tensor([params["shift"]]),
+                            torch.tensor(table) if lane["apply_table"] else None)
+        out.append(int(value[0]))
+    return out
+
+
+def decode_row(view, lanes: int) -> dict:
+    """An `epilogue_in` payload view as the plain dict `golden` takes."""
+    return dict(tag=int(view.tag), lanes=[
+        dict(acc=view.lanes[n].acc, apply_table=view.lanes[n].apply_table,
+             params={name: getattr(view.lanes[n].params, name)
+                     for name in ("bias", "multiplier", "shift")})
+        for n in range(lanes)])
 
 
 class TB:
     """Clock, reset, the stream drivers and the scoreboard around one Epilogue."""
 
-    def __init__(self, dut, lanes: int, rng: random.Random, idle: float, backpressure: float):
+    def __init__(self, dut, lanes: int, tag_bits: int, rng: random.Random, idle: float,
+                 backpressure: float):
         self.dut, self.lanes = dut, lanes
-        self.in_layout, self.out_layout = epilogue_in(lanes), epilogue_out(lanes)
+        self.in_layout = epilogue_in(lanes, tag_bits)
+        self.out_layout = epilogue_out(lanes, tag_bits)
         self.table: list[int] = []
-        self.expected: list[list[int]] = []
+        self.expected: list[tuple[int, list[int]]] = []
         self.checked = 0
         self.errors = 0
         self.source = StreamSource(dut, "i", StallGenerator(rng, idle))
@@ -108,21 +130,17 @@ class TB:
         await self.load_table(list(range(nx.INT8_MIN, nx.INT8_MAX + 1)))
 
     def predict(self, bits: int) -> None:
-        view = self.in_layout.from_bits(bits)
-        row = dict(apply_table=view.apply_table,
-                   lanes=[{name: getattr(view.lanes[n], name)
-                           for name in ("acc", "bias", "multiplier", "shift")}
-                          for n in range(self.lanes)])
-        self.expected.append(golden(row, self.table))
+        row = decode_row(self.in_layout.from_bits(bits), self.lanes)
+        self.expected.append((row["tag"], golden(row, self.table)))
 
     def check(self, bits: int) -> None:
         view = self.out_layout.from_bits(bits)
-        got = [view[n] for n in range(self.lanes)]
+        got = (int(view.tag), [view.values[n] for n in range(self.lanes)])
         assert self.expected, f"output row {got} with no input row to account for it"
         want = self.expected.pop(0)
         if got != want:
             self.errors += 1
-            self.dut._log.error(f"row {self.checked}: got {got}, expected {want}")
+            self.dut._log.error(f"row {self.checked}: got (tag, values) {got}, expected {want}")
         self.checked += 1
 
     async def load_table(self, table: list[int]) -> None:
@@ -147,15 +165,15 @@ class TB:
 async def bit_exact_against_golden_model(dut, idle, backpressure):
     """Directed and random rows, with table reloads, under idle/backpressure; every row checked."""
     params = tb_params()
-    lanes = params["lanes"]
+    lanes, tag_bits = params["lanes"], params["tag_bits"]
     rng = random.Random(cocotb.RANDOM_SEED)
-    tb = TB(dut, lanes, rng, idle, backpressure)
+    tb = TB(dut, lanes, tag_bits, rng, idle, backpressure)
     await tb.start()
-    await tb.send(directed_rows(lanes))            # first with the identity table
+    await tb.send(directed_rows(lanes, tag_bits, rng))      # first with the identity table
     await tb.drain()
     for batch in range(params.get("batches", 3)):
         await tb.load_table(random_table(rng))
-        await tb.send(random_rows(rng, lanes, params.get("rows", 200)))
+        await tb.send(random_rows(rng, lanes, params.get("rows", 200), tag_bits))
         await tb.drain()
     await ClockCycles(dut.clk, 5)
     assert tb.checked > 0
@@ -167,11 +185,11 @@ async def bit_exact_against_golden_model(dut, idle, backpressure):
 async def full_throughput_without_stalls(dut):
     """With no idles or backpressure the epilogue takes one row per cycle."""
     params = tb_params()
-    lanes = params["lanes"]
+    lanes, tag_bits = params["lanes"], params["tag_bits"]
     rng = random.Random(cocotb.RANDOM_SEED)
-    tb = TB(dut, lanes, rng, idle=0.0, backpressure=0.0)
+    tb = TB(dut, lanes, tag_bits, rng, idle=0.0, backpressure=0.0)
     await tb.start()
-    rows = random_rows(rng, lanes, 64)
+    rows = random_rows(rng, lanes, 64, tag_bits)
     start = get_sim_time("ns")
     await tb.send(rows)
     await tb.drain()

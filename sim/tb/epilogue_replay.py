@@ -21,7 +21,7 @@ async def replay_rows(dut):
     params = tb_params()
     with open(params["rows_file"]) as file:
         job = json.load(file)
-    tb = TB(dut, params["lanes"], random.Random(cocotb.RANDOM_SEED), idle=0.0, backpressure=0.0)
+    tb = TB(dut, params["lanes"], 0, random.Random(cocotb.RANDOM_SEED), idle=0.0, backpressure=0.0)
     await tb.start()
     await tb.load_table(job["table"])
     start = get_sim_time("ns")
