@@ -10,7 +10,8 @@ from amaranth.lib import data
 from ..sw import numerics as nx
 from ..sw.sparsity import code_bits
 
-__all__ = ["CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out", "weight_word"]
+__all__ = ["CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out", "weight_word",
+           "pattern_bits", "mac_in", "mac_out"]
 
 # Per-channel epilogue parameters.
 CHANNEL_PARAMS = data.StructLayout({
@@ -63,3 +64,29 @@ def weight_word(rows: int, cols: int, pattern) -> data.StructLayout:
         fields["codes"] = data.ArrayLayout(
             data.ArrayLayout(unsigned(code_bits(pattern)), cols // pattern.n), rows)
     return data.StructLayout(fields)
+
+
+def pattern_bits(config) -> int:
+    """Width of a pattern selector: an index into ``config.patterns`` (0 is dense)."""
+    return max(1, (len(config.patterns) - 1).bit_length())
+
+
+def mac_in(config, tag_bits: int = 0) -> data.StructLayout:
+    """One cycle of work for the MAC array: an activation window, a weight word, the pattern, and
+    whether this word starts (`first`) or ends (`last`) an output row; the tag travels along."""
+    return data.StructLayout({
+        "window": data.ArrayLayout(signed(8), config.act_word_bytes),
+        "weights": unsigned(config.weight_word_bits),
+        "pattern": unsigned(pattern_bits(config)),
+        "first": unsigned(1),
+        "last": unsigned(1),
+        "tag": unsigned(tag_bits),
+    })
+
+
+def mac_out(config, tag_bits: int = 0) -> data.StructLayout:
+    """A finished row of ``mac_rows`` int32 dot products, with the tag of its last word."""
+    return data.StructLayout({
+        "sums": data.ArrayLayout(signed(32), config.mac_rows),
+        "tag": unsigned(tag_bits),
+    })

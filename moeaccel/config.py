@@ -147,12 +147,23 @@ class AccelConfig:
             if pattern.m > self.mac_cols:
                 fail(f"sparsity pattern {pattern} has groups wider than mac_cols={self.mac_cols} "
                      f"(a group must fit in one row of the array)")
+            if pattern.n & (pattern.n - 1):
+                fail(f"sparsity pattern {pattern}: N must be a power of two (a row of the array "
+                     f"holds whole groups)")
         if self.axi_data_width not in (32, 64, 128, 256, 512):
             fail(f"axi_data_width must be one of 32, 64, 128, 256, 512, not {self.axi_data_width!r}")
         if self.axi_addr_width not in (32, 40, 48, 64):
             fail(f"axi_addr_width must be one of 32, 40, 48, 64, not {self.axi_addr_width!r}")
         if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
             fail(f"clock_mhz must be between 1 and 1000, not {self.clock_mhz!r}")
+        if self.weight_bank_bytes > self.weight_buffer_bytes:
+            fail(f"weight_buffer_bytes={self.weight_buffer_bytes} cannot hold one weight block: "
+                 f"{self.weight_bank_words} words of {self.weight_word_bytes} bytes "
+                 f"({self.weight_bank_bytes} bytes) are needed for max_d_model/max_d_ff="
+                 f"{self.max_inputs}; raise weight_buffer_bytes or lower max_d_model/max_d_ff")
+        if self.max_inputs > self.act_buffer_bytes:
+            fail(f"act_buffer_bytes={self.act_buffer_bytes} cannot hold one token of "
+                 f"{self.max_inputs} activations (max_d_model/max_d_ff)")
         if self.attention_group > self.max_tokens:
             fail(f"attention_group must be at most max_tokens={self.max_tokens}, "
                  f"not {self.attention_group}")
@@ -171,6 +182,50 @@ class AccelConfig:
     @property
     def axi_data_bytes(self) -> int:
         return self.axi_data_width // 8
+
+    @property
+    def max_inputs(self) -> int:
+        """The widest input a projection can have (d_model, or d_ff for a down projection)."""
+        return max(self.max_d_model, self.max_d_ff)
+
+    @property
+    def max_ratio(self) -> int:
+        """The largest M/N among the patterns: input elements per kept weight."""
+        return max(p.m // p.n for p in self.patterns)
+
+    @property
+    def act_word_bytes(self) -> int:
+        """Width of the activation buffers: the inputs of one cycle at the sparsest pattern."""
+        return self.mac_cols * self.max_ratio
+
+    @property
+    def act_buffer_words(self) -> int:
+        return self.act_buffer_bytes // self.act_word_bytes
+
+    @property
+    def weight_word_bits(self) -> int:
+        """Width of a weight-bank word: the widest packed word among the patterns."""
+        from .sw.sparsity import code_bits
+        return max(self.mac_rows * self.mac_cols * 8
+                   + self.mac_rows * (self.mac_cols // p.n) * code_bits(p) for p in self.patterns)
+
+    @property
+    def weight_word_bytes(self) -> int:
+        return -(-self.weight_word_bits // 8)
+
+    @property
+    def weight_bank_words(self) -> int:
+        """Words of a weight bank: one block, ``mac_rows`` channels over the widest input, dense."""
+        return -(-self.max_inputs // self.mac_cols)
+
+    @property
+    def weight_bank_bytes(self) -> int:
+        return self.weight_bank_words * self.weight_word_bytes
+
+    @property
+    def max_tiles(self) -> int:
+        """Output tiles of the largest projection (SwiGLU's gate and up rows together)."""
+        return -(-max(2 * self.max_d_ff, self.max_d_model) // self.mac_rows)
 
     @property
     def patterns(self) -> tuple[SparsityPattern, ...]:
@@ -205,26 +260,26 @@ PRESETS: dict[str, AccelConfig] = {
     # Small enough for quick RTL simulation; every feature enabled.
     "tiny": AccelConfig(
         name="tiny", mac_rows=4, mac_cols=8,
-        weight_buffer_bytes=4096, act_buffer_bytes=4096, out_buffer_bytes=4096,
+        weight_buffer_bytes=4096, act_buffer_bytes=16 * 1024, out_buffer_bytes=4096,
         max_tokens=64, max_d_model=128, max_d_ff=256, max_experts=64, max_k=8, max_seq_len=1024,
         max_heads=8, attention_group=4, axi_data_width=64, clock_mhz=100.0),
     # PYNQ-Z2 (xc7z020: 220 DSP48E1, 140 BRAM36): 128 MAC lanes leave DSPs for the epilogue and router.
     "pynq-z2": AccelConfig(
         name="pynq-z2", mac_rows=8, mac_cols=16,
-        weight_buffer_bytes=64 * 1024, act_buffer_bytes=32 * 1024, out_buffer_bytes=32 * 1024,
+        weight_buffer_bytes=64 * 1024, act_buffer_bytes=64 * 1024, out_buffer_bytes=32 * 1024,
         max_tokens=256, max_d_model=1024, max_d_ff=4096, max_experts=64, max_k=8, max_seq_len=1024,
         max_heads=16, attention_group=4, axi_data_width=64, clock_mhz=100.0),
     # KV260 (xck26: 1248 DSP48E2, 144 BRAM36 + 64 URAM).
     "kv260": AccelConfig(
         name="kv260", mac_rows=16, mac_cols=32,
         weight_buffer_bytes=256 * 1024, act_buffer_bytes=128 * 1024, out_buffer_bytes=64 * 1024,
-        max_tokens=512, max_d_model=4096, max_d_ff=16384, max_experts=128, max_k=8, max_seq_len=2048,
+        max_tokens=512, max_d_model=4096, max_d_ff=8192, max_experts=128, max_k=8, max_seq_len=2048,
         max_heads=32, attention_group=4, axi_data_width=128, clock_mhz=200.0),
     # ZCU104 (xczu7ev: 1728 DSP48E2, 312 BRAM36 + 96 URAM): DeepSeek-V3-scale routing.
     "zcu104": AccelConfig(
         name="zcu104", mac_rows=32, mac_cols=32,
-        weight_buffer_bytes=512 * 1024, act_buffer_bytes=256 * 1024, out_buffer_bytes=128 * 1024,
-        max_tokens=1024, max_d_model=8192, max_d_ff=32768, max_experts=256, max_k=8, max_seq_len=4096,
+        weight_buffer_bytes=1024 * 1024, act_buffer_bytes=256 * 1024, out_buffer_bytes=128 * 1024,
+        max_tokens=1024, max_d_model=8192, max_d_ff=16384, max_experts=256, max_k=8, max_seq_len=4096,
         max_heads=64, attention_group=8, axi_data_width=128, clock_mhz=200.0),
 }
 
