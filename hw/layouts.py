@@ -11,7 +11,8 @@ from ..sw import numerics as nx
 from ..sw.sparsity import code_bits
 
 __all__ = ["CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out", "weight_word",
-           "pattern_bits", "mac_in", "mac_out"]
+           "pattern_bits", "mac_in", "mac_out", "ffn_tag", "ffn_command", "ffn_out", "act_write",
+           "params_write"]
 
 # Per-channel epilogue parameters.
 CHANNEL_PARAMS = data.StructLayout({
@@ -89,4 +90,72 @@ def mac_out(config, tag_bits: int = 0) -> data.StructLayout:
     return data.StructLayout({
         "sums": data.ArrayLayout(signed(32), config.mac_rows),
         "tag": unsigned(tag_bits),
+    })
+
+
+def _index_bits(count: int) -> int:
+    """Bits of an index below `count` (at least one)."""
+    return max(1, (count - 1).bit_length())
+
+
+def ffn_tag(config) -> data.StructLayout:
+    """What travels with a row through the Expert-FFN engine: its token, its output tile, and
+    whether it is the pass's last row."""
+    return data.StructLayout({
+        "token": unsigned(_index_bits(config.max_tokens)),
+        "tile": unsigned(_index_bits(config.max_tiles)),
+        "last": unsigned(1),
+    })
+
+
+def ffn_command(config) -> data.StructLayout:
+    """One pass of the Expert-FFN engine: ``tokens`` rows of activations (from act buffer `src`, each
+    ``src_row_words`` words) times ``tiles`` weight blocks of ``chunks`` words each.
+
+    ``swiglu``: each tile holds ``mac_rows/2`` gate channels then as many up channels; the engine
+    outputs ``requantise(silu(gate) * up)`` with ``swiglu_multiplier``/``swiglu_shift``.
+    ``activation``: the epilogue's table applies (to the gate channels under ``swiglu``).
+    ``to_buffer``: the rows go into the other activation buffer (``dst_row_words`` words per
+    token), ready as the input of the next pass, instead of out on the `o` stream.
+    """
+    words = config.act_buffer_words.bit_length()
+    return data.StructLayout({
+        "tokens": unsigned(config.max_tokens.bit_length()),
+        "tiles": unsigned(config.max_tiles.bit_length()),
+        "chunks": unsigned(config.weight_bank_words.bit_length()),
+        "pattern": unsigned(pattern_bits(config)),
+        "src": unsigned(1),
+        "src_row_words": unsigned(words),
+        "to_buffer": unsigned(1),
+        "dst_row_words": unsigned(words),
+        "activation": unsigned(1),
+        "swiglu": unsigned(1),
+        "swiglu_multiplier": unsigned(nx.MULT_BITS),
+        "swiglu_shift": unsigned(nx.SHIFT_BITS),
+    })
+
+
+def ffn_out(config) -> data.StructLayout:
+    """A result row: ``mac_rows`` int8 values (the first ``mac_rows/2`` under SwiGLU) of output
+    channels ``tile * per_tile ...``, for one token."""
+    return data.StructLayout({
+        "values": data.ArrayLayout(signed(8), config.mac_rows),
+        "tag": ffn_tag(config),
+    })
+
+
+def act_write(config) -> data.StructLayout:
+    """A word written into activation buffer `buffer` at `addr`."""
+    return data.StructLayout({
+        "buffer": unsigned(1),
+        "addr": unsigned(_index_bits(config.act_buffer_words)),
+        "data": data.ArrayLayout(signed(8), config.act_word_bytes),
+    })
+
+
+def params_write(config) -> data.StructLayout:
+    """The epilogue parameters of the ``mac_rows`` channels of output tile `tile`."""
+    return data.StructLayout({
+        "tile": unsigned(_index_bits(config.max_tiles)),
+        "params": data.ArrayLayout(CHANNEL_PARAMS, config.mac_rows),
     })

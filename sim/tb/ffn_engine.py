@@ -1,0 +1,191 @@
+"""cocotb regression of `hw.ffn_engine.FFNEngine` against the integer golden model.
+
+Each case builds a float layer or expert from its seed, prunes it to the case's pattern, quantises it
+(`sw.quantized`), runs it through the engine pass by pass and compares every output value with the
+golden model's. Weights arrive with random idles, results leave under random backpressure. The
+measured counters of each case go to ``report_file`` when one is given.
+
+Parameters: ``config`` (preset name), ``cases`` (list of dicts: ``kind`` linear | swiglu | expert,
+``tokens``, ``d_model``, ``d_ff``, ``pattern``, ``activation``, ``seed``, ``weight_idle``,
+``backpressure``), optional ``report_file``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import cocotb
+import torch
+from cocotb.triggers import FallingEdge, RisingEdge
+
+from ...config import SparsityPattern, preset
+from ...hw.ffn_engine import PERF_COUNTERS
+from ...hw.layouts import TABLE_WRITE, act_write, ffn_command, ffn_out, params_write
+from ...sw.ffn import (expert_passes, pass_operands, plan_pass, swiglu_reference)
+from ...sw.quantized import QuantizedExpert, QuantizedLinear, quantize_tensor
+from ...sw.reference import Expert
+from ...sw.sparsity import prune
+from ..harness import StallGenerator, reset, start_clock, tb_params
+from .streams import StreamSink, StreamSource
+
+PERF_FIELDS = ("busy_cycles", "mac_cycles", "weight_wait", "output_wait")
+
+
+class FFNTB:
+    """Drivers, loaders and the result collector around one FFNEngine."""
+
+    def __init__(self, dut, config):
+        self.dut, self.config = dut, config
+        self.layouts = {"act": act_write(config), "params": params_write(config),
+                        "cmd": ffn_command(config), "out": ffn_out(config)}
+        self.rows: list[tuple[int, int, list[int]]] = []
+        self.sink = None
+
+    async def start(self):
+        await start_clock(self.dut)
+        for name in ("cmd", "weights", "act_write", "params_write", "table_write"):
+            getattr(self.dut, f"{name}__valid").value = 0
+        await reset(self.dut)
+
+    def _collect(self, bits: int) -> None:
+        view = self.layouts["out"].from_bits(bits)
+        self.rows.append((view.tag.token, view.tag.tile,
+                          [view.values[n] for n in range(self.config.mac_rows)]))
+
+    async def load_activations(self, buffer: int, x_q: torch.Tensor, row_words: int) -> None:
+        width = self.config.act_word_bytes
+        words = []
+        for token in range(x_q.shape[0]):
+            row = x_q[token].tolist() + [0] * (row_words * width - x_q.shape[1])
+            for word in range(row_words):
+                words.append(self.layouts["act"].const({
+                    "buffer": buffer, "addr": token * row_words + word,
+                    "data": row[word * width:(word + 1) * width]}).as_bits())
+        await StreamSource(self.dut, "act_write").send(words)
+
+    async def load_params(self, params: list[list[dict]]) -> None:
+        await StreamSource(self.dut, "params_write").send(
+            self.layouts["params"].const({"tile": tile, "params": lanes}).as_bits()
+            for tile, lanes in enumerate(params))
+
+    async def load_table(self, table) -> None:
+        table = table.tolist() if table is not None else list(range(-128, 128))
+        await StreamSource(self.dut, "table_write").send(
+            TABLE_WRITE.const({"index": index, "value": value}).as_bits()
+            for index, value in enumerate(table))
+
+    async def run_pass(self, operands, rng: random.Random, weight_idle: float,
+                       backpressure: float) -> dict:
+        """Load the pass's parameters and table, send its command and weights; return the counters
+        once the engine is idle again."""
+        await self.load_params(operands.params)
+        await self.load_table(operands.table)
+        blocks, bus = operands.blocks, self.config.axi_data_bytes
+        beats = [int.from_bytes(blocks.data[n:n + bus], "little")
+                 for n in range(0, len(blocks.data), bus)]
+        self.rows = []
+        sink = StreamSink(self.dut, "o", self._collect, StallGenerator(rng, backpressure))
+        sink_task = cocotb.start_soon(sink.run())
+        await StreamSource(self.dut, "cmd").send(
+            [self.layouts["cmd"].const(operands.command()).as_bits()])
+        await RisingEdge(self.dut.clk)
+        assert not int(self.dut.error.value), f"the engine refused {operands.command()}"
+        weights = cocotb.start_soon(StreamSource(self.dut, "weights",
+                                                 StallGenerator(rng, weight_idle)).send(beats))
+        if int(self.dut.busy.value):
+            await FallingEdge(self.dut.busy)
+        await RisingEdge(self.dut.clk)
+        sink_task.cancel()
+        self.dut.o__ready.value = 0
+        assert weights.done(), "the pass ended before all its weights were sent"
+        perf = PERF_COUNTERS.from_bits(int(self.dut.perf.value))
+        return {name: int(getattr(perf, name)) for name in PERF_FIELDS}
+
+    def result(self, step) -> torch.Tensor:
+        """The collected rows as an int8 ``[tokens, outputs]`` matrix; each row exactly once."""
+        out = torch.full((step.tokens, step.outputs), -1000, dtype=torch.int64)
+        seen = set()
+        for token, tile, values in self.rows:
+            assert (token, tile) not in seen, f"row of token {token}, tile {tile} came twice"
+            seen.add((token, tile))
+            for lane in range(step.per_tile):
+                channel = tile * step.per_tile + lane
+                if channel < step.outputs:
+                    out[token, channel] = values[lane]
+        assert len(seen) == step.tokens * step.tiles, \
+            f"{len(seen)} rows came out, {step.tokens * step.tiles} expected"
+        return out
+
+
+def _float_expert(case: dict, pattern: SparsityPattern) -> Expert:
+    torch.manual_seed(case["seed"])
+    expert = Expert(case["d_model"], case["d_ff"], case["activation"], bias=True)
+    with torch.no_grad():
+        for linear in (expert.up, expert.gate, expert.down):
+            if linear is not None:
+                linear.weight.copy_(prune(linear.weight, pattern))
+                linear.bias.normal_(0, 0.05)
+    return expert
+
+
+async def run_case(tb: FFNTB, case: dict, rng: random.Random) -> dict:
+    config, pattern = tb.config, SparsityPattern.parse(case["pattern"])
+    expert = _float_expert(case, pattern)
+    generator = torch.Generator().manual_seed(case["seed"] + 1)
+    calib = torch.randn(256, case["d_model"], generator=generator)
+    with torch.no_grad():
+        out_scale = float(expert(calib).abs().max()) / 127
+    quantized = QuantizedExpert.from_float(expert, calib, in_scale=float(calib.abs().max() / 127),
+                                           out_scale=out_scale)
+    x = torch.randn(case["tokens"], case["d_model"], generator=generator)
+    x_q = quantize_tensor(x, quantized.up.in_scale)
+    tokens = case["tokens"]
+    if case["kind"] == "linear":
+        layer: QuantizedLinear = quantized.up            # has the GELU/ReLU table
+        step = plan_pass(config, tokens, case["d_model"], case["d_ff"], pattern, activation=True)
+        passes, expected = [pass_operands(step, layer)], layer(x_q)
+    elif case["kind"] == "swiglu":
+        step = plan_pass(config, tokens, case["d_model"], case["d_ff"], pattern, swiglu=True,
+                         activation=True)
+        requant = (int(quantized.hidden_multiplier), int(quantized.hidden_shift))
+        passes = [pass_operands(step, quantized.gate, quantized.up, requant)]
+        expected = swiglu_reference(quantized.gate, quantized.up, *requant, x_q)
+    else:
+        passes, expected = expert_passes(config, quantized, tokens, pattern), quantized(x_q)
+    await tb.load_activations(0, x_q, passes[0].step.src_row_words)
+    counters = {name: 0 for name in PERF_FIELDS}
+    for operands in passes:
+        measured = await tb.run_pass(operands, rng, case["weight_idle"], case["backpressure"])
+        counters = {name: counters[name] + measured[name] for name in PERF_FIELDS}
+    got = tb.result(passes[-1].step)
+    mismatches = int((got != expected).sum())
+    macs = sum(operands.step.macs for operands in passes)
+    weight_bytes = sum(len(operands.blocks.data) for operands in passes)
+    return {**case, **counters, "macs": macs, "weight_bytes": weight_bytes,
+            "ideal_cycles": -(-macs // config.mac_units), "mismatches": mismatches,
+            "values": int(expected.numel())}
+
+
+@cocotb.test()
+async def cases_bit_exact(dut):
+    """Every case's output equals the golden model's, value for value."""
+    params = tb_params()
+    config = preset(params["config"])
+    rng = random.Random(cocotb.RANDOM_SEED)
+    tb = FFNTB(dut, config)
+    await tb.start()
+    reports, failures = [], []
+    for case in params["cases"]:
+        report = await run_case(tb, case, rng)
+        reports.append(report)
+        name = (f"{case['kind']} {case['activation']} {case['pattern']} T={case['tokens']} "
+                f"D={case['d_model']} F={case['d_ff']}")
+        dut._log.info(f"{name}: {report['busy_cycles']} cycles (ideal {report['ideal_cycles']}), "
+                      f"{report['mismatches']} of {report['values']} values differ")
+        if report["mismatches"]:
+            failures.append(name)
+    if params.get("report_file"):
+        with open(params["report_file"], "w") as file:
+            json.dump(reports, file, indent=1)
+    assert not failures, f"values differ from the golden model in: {failures}"
