@@ -7,7 +7,7 @@ PYTEST := $(VENV)/bin/python -m pytest
 # Two workers: the cocotb builds and the Python tests share the machine's cores.
 JOBS   ?= 2
 
-.PHONY: all demo test sim venv clean
+.PHONY: all demo test sim bench venv clean
 
 all: test
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 # Only the cocotb regressions (RTL in Verilator).
 sim: $(STAMP)
 	$(PYTEST) -n $(JOBS) -q -m sim
+
+# Cycle benchmarks in RTL simulation (long): writes build/bench/expert_ffn.md.
+bench: $(STAMP)
+	$(VENV)/bin/moeaccel bench sweep --out build/bench/expert_ffn.md
 
 clean:
 	rm -rf build .pytest_cache .hypothesis

@@ -9,7 +9,6 @@ from pathlib import Path
 
 # Subcommands whose issues have not landed: named now so that scripts and docs can refer to them.
 PLANNED = {
-    "bench": "benchmarks of the Expert-FFN engine, router and attention in RTL simulation",
     "compile": "the ONNX -> instruction stream compiler",
     "run": "running a model on a backend (emu, sim, pynq)",
     "report": "performance reports of a run",
@@ -93,6 +92,9 @@ def parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--json", action="store_true")
     accuracy.set_defaults(run=_accuracy)
 
+    from .bench import add_arguments as add_bench
+    add_bench(commands)
+
     for name, what in PLANNED.items():
         planned = commands.add_parser(name, help=f"{what} (not in this version yet)")
         planned.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
         return args.run(args)
     except Exception as error:                      # configuration and input errors: one line
         from .config import ConfigError
-        if isinstance(error, (ConfigError, KeyError, ValueError)):
+        if isinstance(error, (ConfigError, KeyError, ValueError)):     # ShapeError included
             print(f"moeaccel {args.command}: {error}", file=sys.stderr)
             return 2
         raise

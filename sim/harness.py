@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import random
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,7 +157,7 @@ def run_cocotb(
             build_args=build_args,
             log_file=log_file,
         )
-        print(f"cocotb seed {seed} (replay with MOEACCEL_SEED={seed})")
+        print(f"cocotb seed {seed} (replay with MOEACCEL_SEED={seed})", file=sys.stderr)
         what = f"{toplevel} ({test_module}, seed {seed})"
         if log_file is not None:
             what += f", log in {log_file}"
@@ -181,7 +182,7 @@ def run_cocotb(
             except RuntimeError as exc:  # the simulator exited with a non-zero status
                 problem = str(exc)
         if waves:
-            print(f"waveform: {build_dir / WAVES_FILE}")
+            print(f"waveform: {build_dir / WAVES_FILE}", file=sys.stderr)
         if problem and timeout_s is not None and time.monotonic() - start >= timeout_s:
             raise AssertionError(f"{what}: simulation timed out after {timeout_s} s")
         _check_results(results_xml, problem, what)

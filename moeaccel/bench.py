@@ -1,0 +1,139 @@
+"""Benchmarks measured in cycles from RTL simulation: `moeaccel bench BLOCK ...`.
+
+``expert-ffn`` runs one expert (a seeded random float expert, pruned to the pattern and quantised)
+through the Expert-FFN engine in Verilator, checks its output bit for bit against the golden model,
+and reports the engine's cycle counters against the ideal of ``MACs / MAC units``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import SparsityPattern, preset
+
+__all__ = ["bench_expert_ffn", "sweep", "add_arguments"]
+
+
+def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dense",
+                     activation: str = "swiglu", config_name: str = "pynq-z2",
+                     seed: int = 0) -> dict:
+    """Run one expert in RTL simulation; return the measured figures (see module doc)."""
+    from .hw.ffn_engine import FFNEngine
+    from .sim.harness import run_cocotb
+
+    config = preset(config_name)
+    pattern = SparsityPattern.parse(sparsity)
+    # Refuse what the configuration cannot hold before building anything.
+    _check_shape(config, tokens, d_model, d_ff, pattern, activation)
+    case = dict(kind="expert", activation=activation, pattern=str(pattern), tokens=tokens,
+                d_model=d_model, d_ff=d_ff, seed=seed, weight_idle=0.0, backpressure=0.0)
+    with tempfile.TemporaryDirectory() as scratch:
+        report_file = Path(scratch) / "report.json"
+        log_file = Path(scratch) / "sim.log"
+        print(f"simulating {activation} expert T={tokens} D={d_model} F={d_ff} {pattern} on "
+              f"{config.name} ...", file=sys.stderr, flush=True)
+        try:
+            run_cocotb(FFNEngine(config), toplevel="ffn_engine",
+                       test_module="moeaccel.sim.tb.ffn_engine", build_key=config.name,
+                       parameters={"config": config.name, "cases": [case],
+                                   "report_file": str(report_file)},
+                       timeout_s=3600, log_file=log_file)
+        except AssertionError:
+            if not report_file.exists():
+                print(log_file.read_text()[-4000:], file=sys.stderr)
+                raise
+        (report,) = json.loads(report_file.read_text())
+    return {
+        "block": "expert-ffn", "config": config.name, "tokens": tokens, "d_model": d_model,
+        "d_ff": d_ff, "sparsity": str(pattern), "activation": activation,
+        "cycles": report["busy_cycles"], "ideal_cycles": report["ideal_cycles"],
+        "utilization": round(report["ideal_cycles"] / report["busy_cycles"], 4),
+        "macs": report["macs"], "mac_units": config.mac_units,
+        "weight_bytes": report["weight_bytes"],
+        "weight_wait_cycles": report["weight_wait"], "output_wait_cycles": report["output_wait"],
+        "bit_exact": report["mismatches"] == 0,
+    }
+
+
+def _check_shape(config, tokens, d_model, d_ff, pattern, activation):
+    """Plan the expert's passes (raises `ShapeError` naming what does not fit)."""
+    from .sw.ffn import plan_pass
+
+    swiglu = activation == "swiglu"
+    plan_pass(config, tokens, d_model, d_ff, pattern, swiglu=swiglu, activation=True,
+              to_buffer=True)
+    plan_pass(config, tokens, d_ff, d_model, pattern, src=1)
+
+
+SWEEP = [  # (tokens, d_model, d_ff, sparsity, activation) on pynq-z2
+    (1, 256, 512, "dense", "swiglu"), (16, 256, 512, "dense", "swiglu"),
+    (128, 256, 512, "dense", "swiglu"), (1, 256, 512, "2:4", "swiglu"),
+    (16, 256, 512, "2:4", "swiglu"), (128, 256, 512, "2:4", "swiglu"),
+    (128, 256, 512, "1:4", "swiglu"), (128, 256, 512, "4:8", "swiglu"),
+    (64, 256, 1024, "dense", "gelu"), (64, 256, 1024, "2:4", "gelu"),
+]
+
+
+def sweep(out: Path, config_name: str = "pynq-z2") -> list[dict]:
+    """Run the SWEEP shapes; write a Markdown table to `out` (and the rows as JSON beside it)."""
+    rows = []
+    for index, shape in enumerate(SWEEP, 1):
+        print(f"step {index}/{len(SWEEP)}: expert-ffn {shape}", file=sys.stderr, flush=True)
+        rows.append(bench_expert_ffn(*shape, config_name=config_name))
+    dense = {(r["tokens"], r["d_model"], r["d_ff"], r["activation"]): r for r in rows
+             if r["sparsity"] == "dense"}
+    lines = [f"# Expert-FFN engine: cycles in RTL simulation ({config_name}, "
+             f"{preset(config_name).mac_units} MAC lanes)", "",
+             "| tokens | d_model | d_ff | act | sparsity | cycles | ideal | utilization | "
+             "vs dense | weight bytes | bytes vs dense | weight wait | bit-exact |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = dense.get((r["tokens"], r["d_model"], r["d_ff"], r["activation"]))
+        speedup = f"{base['cycles'] / r['cycles']:.2f}x" if base else "-"
+        ratio = f"{r['weight_bytes'] / base['weight_bytes']:.3f}" if base else "-"
+        lines.append(f"| {r['tokens']} | {r['d_model']} | {r['d_ff']} | {r['activation']} | "
+                     f"{r['sparsity']} | {r['cycles']} | {r['ideal_cycles']} | "
+                     f"{r['utilization']:.3f} | {speedup} | {r['weight_bytes']} | {ratio} | "
+                     f"{r['weight_wait_cycles']} | {r['bit_exact']} |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+    return rows
+
+
+def add_arguments(commands) -> None:
+    bench = commands.add_parser("bench", help="cycle benchmarks of the RTL blocks in simulation")
+    blocks = bench.add_subparsers(dest="block", required=True, metavar="BLOCK")
+    ffn = blocks.add_parser("expert-ffn", help="one expert through the Expert-FFN engine")
+    ffn.add_argument("--tokens", type=int, required=True)
+    ffn.add_argument("--d-model", type=int, required=True)
+    ffn.add_argument("--d-ff", type=int, required=True)
+    ffn.add_argument("--sparsity", default="dense", help="N:M or dense (default)")
+    ffn.add_argument("--activation", choices=("swiglu", "gelu", "relu"), default="swiglu")
+    ffn.add_argument("--config", default="pynq-z2", help="preset (default pynq-z2)")
+    ffn.add_argument("--seed", type=int, default=0)
+    ffn.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ffn.set_defaults(run=_run_expert_ffn)
+    table = blocks.add_parser("sweep", help="a sweep of expert shapes, written as a table")
+    table.add_argument("--out", type=Path, default=Path("build/bench/expert_ffn.md"))
+    table.add_argument("--config", default="pynq-z2")
+    table.set_defaults(run=lambda args: 0 if all(
+        row["bit_exact"] for row in sweep(args.out, args.config)) else 1)
+
+
+def _run_expert_ffn(args) -> int:
+    result = bench_expert_ffn(args.tokens, args.d_model, args.d_ff, args.sparsity, args.activation,
+                              args.config, args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>20}: {value}")
+    return 0 if result["bit_exact"] else 1
+
+
