@@ -21,7 +21,8 @@ from cocotb.triggers import FallingEdge, RisingEdge
 
 from ...config import SparsityPattern, preset
 from ...hw.ffn_engine import PERF_COUNTERS
-from ...hw.layouts import TABLE_WRITE, act_write, ffn_command, ffn_out, params_write
+from ...hw.layouts import (TABLE_WRITE, act_write, ffn_command, ffn_out, params_write,
+                           pattern_bits)
 from ...sw.ffn import (expert_passes, pass_operands, plan_pass, swiglu_reference)
 from ...sw.quantized import QuantizedExpert, QuantizedLinear, quantize_tensor
 from ...sw.reference import Expert
@@ -35,8 +36,9 @@ PERF_FIELDS = ("busy_cycles", "mac_cycles", "weight_wait", "output_wait")
 class FFNTB:
     """Drivers, loaders and the result collector around one FFNEngine."""
 
-    def __init__(self, dut, config):
-        self.dut, self.config = dut, config
+    def __init__(self, dut, config, rng: random.Random):
+        self.dut, self.config, self.rng = dut, config, rng
+        self.idle = 0.0           # idle probability of the loading streams, set per case
         self.layouts = {"act": act_write(config), "params": params_write(config),
                         "cmd": ffn_command(config), "out": ffn_out(config)}
         self.rows: list[tuple[int, int, list[int]]] = []
@@ -53,6 +55,9 @@ class FFNTB:
         self.rows.append((view.tag.token, view.tag.tile,
                           [view.values[n] for n in range(self.config.mac_rows)]))
 
+    def _source(self, name: str) -> StreamSource:
+        return StreamSource(self.dut, name, StallGenerator(self.rng, self.idle))
+
     async def load_activations(self, buffer: int, x_q: torch.Tensor, row_words: int) -> None:
         width = self.config.act_word_bytes
         words = []
@@ -62,16 +67,16 @@ class FFNTB:
                 words.append(self.layouts["act"].const({
                     "buffer": buffer, "addr": token * row_words + word,
                     "data": row[word * width:(word + 1) * width]}).as_bits())
-        await StreamSource(self.dut, "act_write").send(words)
+        await self._source("act_write").send(words)
 
     async def load_params(self, params: list[list[dict]]) -> None:
-        await StreamSource(self.dut, "params_write").send(
+        await self._source("params_write").send(
             self.layouts["params"].const({"tile": tile, "params": lanes}).as_bits()
             for tile, lanes in enumerate(params))
 
     async def load_table(self, table) -> None:
         table = table.tolist() if table is not None else list(range(-128, 128))
-        await StreamSource(self.dut, "table_write").send(
+        await self._source("table_write").send(
             TABLE_WRITE.const({"index": index, "value": value}).as_bits()
             for index, value in enumerate(table))
 
@@ -87,8 +92,7 @@ class FFNTB:
         self.rows = []
         sink = StreamSink(self.dut, "o", self._collect, StallGenerator(rng, backpressure))
         sink_task = cocotb.start_soon(sink.run())
-        await StreamSource(self.dut, "cmd").send(
-            [self.layouts["cmd"].const(operands.command()).as_bits()])
+        await self._source("cmd").send([self.layouts["cmd"].const(operands.command()).as_bits()])
         await RisingEdge(self.dut.clk)
         assert not int(self.dut.error.value), f"the engine refused {operands.command()}"
         weights = cocotb.start_soon(StreamSource(self.dut, "weights",
@@ -141,6 +145,7 @@ async def run_case(tb: FFNTB, case: dict, rng: random.Random) -> dict:
     x = torch.randn(case["tokens"], case["d_model"], generator=generator)
     x_q = quantize_tensor(x, quantized.up.in_scale)
     tokens = case["tokens"]
+    tb.idle = case["weight_idle"]
     if case["kind"] == "linear":
         layer: QuantizedLinear = quantized.up            # has the GELU/ReLU table
         step = plan_pass(config, tokens, case["d_model"], case["d_ff"], pattern, activation=True)
@@ -173,7 +178,7 @@ async def cases_bit_exact(dut):
     params = tb_params()
     config = preset(params["config"])
     rng = random.Random(cocotb.RANDOM_SEED)
-    tb = FFNTB(dut, config)
+    tb = FFNTB(dut, config, rng)
     await tb.start()
     reports, failures = [], []
     for case in params["cases"]:
@@ -189,3 +194,25 @@ async def cases_bit_exact(dut):
         with open(params["report_file"], "w") as file:
             json.dump(reports, file, indent=1)
     assert not failures, f"values differ from the golden model in: {failures}"
+
+
+@cocotb.test()
+async def illegal_commands_are_refused(dut):
+    """Counts of zero or beyond the buffers set `error` and start nothing; a good command after
+    them runs."""
+    config = preset(tb_params()["config"])
+    tb = FFNTB(dut, config, random.Random(cocotb.RANDOM_SEED))
+    await tb.start()
+    good = plan_pass(config, 1, 8, 4, "dense").command()
+    bad = [dict(good, tokens=0), dict(good, tiles=0), dict(good, chunks=0),
+           dict(good, tokens=config.max_tokens + 1), dict(good, chunks=config.weight_bank_words + 1)]
+    if len(config.patterns) < 1 << pattern_bits(config):      # a selector naming no pattern
+        bad.append(dict(good, pattern=len(config.patterns)))
+    for command in bad:
+        await tb._source("cmd").send([tb.layouts["cmd"].const(command).as_bits()])
+        await RisingEdge(dut.clk)
+        assert int(dut.error.value) == 1, f"{command} was not refused"
+        assert int(dut.busy.value) == 0, f"{command} started a pass"
+    await tb._source("cmd").send([tb.layouts["cmd"].const(good).as_bits()])
+    await RisingEdge(dut.clk)
+    assert int(dut.error.value) == 0 and int(dut.busy.value) == 1
