@@ -57,7 +57,9 @@ def synthesize(block: str, config_name: str) -> dict:
             raise RuntimeError(f"yosys failed on {block} ({config_name}):\n"
                                f"{(result.stdout + result.stderr)[-2000:]}")
         stat = json.loads((Path(scratch) / "stat.json").read_text())
-    cells = stat["design"]["num_cells_by_type"]
+    # The design's totals include the submodules; their instances are listed as cells too.
+    cells = {name: count for name, count in stat["design"]["num_cells_by_type"].items()
+             if not any(name == module.lstrip("\\") for module in stat["modules"])}
     return {"block": block, "config": config_name, "family": family,
             "mac_units": config.mac_units, "cells": dict(sorted(cells.items()))}
 

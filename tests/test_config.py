@@ -45,6 +45,14 @@ def test_unknown_preset_lists_the_names():
                                                r"array\)$"),
     (dict(sparsity=("2:4",)), r"sparsity must be a tuple of SparsityPattern, not \('2:4',\)$"),
     (dict(max_tokens=0), r"max_tokens must be a positive integer, not 0$"),
+    (dict(sparsity=(SparsityPattern(3, 4),)), r"sparsity pattern 3:4: N must be a power of two "
+                                              r"\(a row of the array holds whole groups\)$"),
+    (dict(weight_buffer_bytes=1024), r"weight_buffer_bytes=1024 cannot hold one weight block: 32 "
+                                     r"words of 40 bytes \(1280 bytes\) are needed for "
+                                     r"max_d_model/max_d_ff=256; raise weight_buffer_bytes or lower "
+                                     r"max_d_model/max_d_ff$"),
+    (dict(act_buffer_bytes=256, max_d_model=128, max_d_ff=512, weight_buffer_bytes=4096),
+     r"act_buffer_bytes=256 cannot hold one token of 512 activations \(max_d_model/max_d_ff\)$"),
 ])
 def test_bad_fields_are_refused_by_name(changes, message):
     with pytest.raises(ConfigError, match=r"^tiny: " + message):
@@ -68,6 +76,10 @@ def test_patterns_and_derived_figures():
     assert SparsityPattern.parse("2:4").density == 0.5
     assert not config.replace(sparsity=()).supports("2:4")
     assert config.axi_data_bytes == 8
+    assert config.max_ratio == 4 and config.act_word_bytes == 32
+    assert config.weight_bank_words == 32                 # 256 inputs / 8 lanes
+    assert config.weight_word_bits == 4 * 8 * 8 + 4 * 8 * 2   # 1:4 has the most index bits
+    assert config.max_tiles == 128                        # 2 * 256 SwiGLU rows / 4 rows a tile
     assert config.summary()["sparsity"] == ["1:4", "2:4", "4:8"]
     with pytest.raises(Exception):
         config.mac_rows = 8                                          # frozen

@@ -90,3 +90,18 @@ def test_plan_refuses_tokens_beyond_the_activation_buffer():
                                          r"buffer of the tiny configuration \(4096 bytes\): at most "
                                          r"16 tokens a pass$"):
         plan_pass(config, 64, 256, 8)
+
+
+@pytest.mark.sim
+def test_bench_reports_cycles_against_the_ideal(capsys):
+    import json
+    from moeaccel.cli import main
+    assert main(["bench", "expert-ffn", "--tokens", "4", "--d-model", "32", "--d-ff", "48",
+                 "--sparsity", "2:4", "--config", "tiny", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["bit_exact"] is True
+    assert result["macs"] == 4 * (2 * 48 * 32 + 32 * 48) // 2
+    assert result["ideal_cycles"] == result["macs"] // 32
+    assert result["cycles"] >= result["ideal_cycles"]
+    assert result["utilization"] == pytest.approx(result["ideal_cycles"] / result["cycles"],
+                                                  abs=1e-4)
