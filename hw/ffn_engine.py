@@ -18,7 +18,7 @@ from ..sw.sparsity import code_bits
 from .arith import round_shift_saturate
 from .epilogue import Epilogue
 from .layouts import (CHANNEL_PARAMS, TABLE_WRITE, act_write, ffn_command, ffn_out, ffn_tag,
-                      params_write)
+                      gate_entry, gates_write, params_write)
 from .mac_array import MacArray
 
 __all__ = ["FFNEngine", "PERF_COUNTERS", "weight_word_beats"]
@@ -48,8 +48,9 @@ class FFNEngine(wiring.Component):
         `sw.sparsity.pack`
     o : stream of `layouts.ffn_out(config)`, the result rows (unless the pass writes them to a
         buffer)
-    act_write, params_write, table_write : fill the activation buffers, the per-channel epilogue
-        parameters and the activation table; accepted while idle
+    act_write, params_write, table_write, gates_write : fill the activation buffers, the
+        per-channel epilogue parameters, the activation table and the gate table; accepted while
+        idle
     busy : a pass is under way
     error : the last command was refused (a count of zero, or more than the buffers hold)
     perf : `PERF_COUNTERS`, cleared when a pass starts
@@ -70,6 +71,7 @@ class FFNEngine(wiring.Component):
             "act_write": In(stream.Signature(act_write(config))),
             "params_write": In(stream.Signature(params_write(config))),
             "table_write": In(stream.Signature(TABLE_WRITE)),
+            "gates_write": In(stream.Signature(gates_write(config))),
             "busy": Out(1),
             "error": Out(1),
             "perf": Out(PERF_COUNTERS),
@@ -102,6 +104,10 @@ class FFNEngine(wiring.Component):
             act_buffers.append(buffer)
         m.submodules.params = params = memory.Memory(
             shape=data.ArrayLayout(CHANNEL_PARAMS, rows), depth=config.max_tiles, init=[])
+        m.submodules.gates = gates = memory.Memory(
+            shape=gate_entry(config), depth=config.max_tokens, init=[])
+        m.submodules.accumulator = accumulator = memory.Memory(
+            shape=data.ArrayLayout(signed(32), rows), depth=config.out_buffer_words, init=[])
 
         # -- loading while idle: commands, activations, parameters, the activation table
         m.d.comb += [
@@ -109,6 +115,7 @@ class FFNEngine(wiring.Component):
             self.act_write.ready.eq(~busy),
             self.params_write.ready.eq(~busy),
             self.table_write.ready.eq(~busy),
+            self.gates_write.ready.eq(~busy),
             epilogue.table_write.valid.eq(self.table_write.valid & ~busy),
             epilogue.table_write.p.eq(self.table_write.p),
         ]
@@ -117,6 +124,12 @@ class FFNEngine(wiring.Component):
             params_port.addr.eq(self.params_write.p.tile),
             params_port.data.eq(self.params_write.p.params),
             params_port.en.eq(self.params_write.valid & ~busy),
+        ]
+        gates_port = gates.write_port()
+        m.d.comb += [
+            gates_port.addr.eq(self.gates_write.p.slot),
+            gates_port.data.eq(self.gates_write.p.entry),
+            gates_port.en.eq(self.gates_write.valid & ~busy),
         ]
 
         # -- the weight loader: bus beats -> words -> blocks, alternating banks
@@ -138,8 +151,8 @@ class FFNEngine(wiring.Component):
         words = Array(shifted[(max_beats - weight_word_beats(config, p)) * bus:][:word_bits]
                       for p in patterns)
         m.d.comb += [
-            self.weights.ready.eq(busy & (blocks_loaded < command.tiles) & ~full.bit_select(
-                fill_bank, 1)),
+            self.weights.ready.eq(busy & ~command.drain & (blocks_loaded < command.tiles)
+                                  & ~full.bit_select(fill_bank, 1)),
             accepted.eq(self.weights.valid & self.weights.ready),
             shifted.eq(Cat(assembly[bus:], self.weights.payload)),
             word_done.eq(beat == beats_of[command.pattern] - 1),
@@ -177,7 +190,8 @@ class FFNEngine(wiring.Component):
         issue = Signal()
         m.d.comb += [
             front_advance.eq(~mac.i.valid | mac.i.ready),
-            issue.eq(busy & issuing & full.bit_select(compute_bank, 1) & front_advance),
+            issue.eq(busy & ~command.drain & issuing & full.bit_select(compute_bank, 1)
+                     & front_advance),
         ]
         last_chunk = chunk == command.chunks - 1
         last_token = token == command.tokens - 1
@@ -258,23 +272,54 @@ class FFNEngine(wiring.Component):
         ]
         m.d.sync += full.eq((full & ~release) | fill)
 
+        # -- drain: accumulator rows in order, each read once and cleared
+        drain_row = Signal(range(config.max_tokens))
+        drain_tile = Signal(range(config.max_tiles))
+        drain_valid = Signal()                  # read data present
+        drain_tag = Signal(self.tag_layout)
+        drain_issue = Signal()
+        fetch_advance = Signal()
+        drain_address = Signal(range(config.out_buffer_words))
+        m.d.comb += [
+            drain_address.eq(drain_row * command.tiles + drain_tile),
+            drain_issue.eq(busy & command.drain & issuing & (~drain_valid | fetch_advance)),
+        ]
+        accumulator_read = accumulator.read_port()
+        accumulator_write = accumulator.write_port()
+        with m.If(~drain_valid | fetch_advance):
+            m.d.sync += [
+                drain_valid.eq(drain_issue),
+                drain_tag.token.eq(drain_row),
+                drain_tag.tile.eq(drain_tile),
+                drain_tag.last.eq((drain_row == command.tokens - 1)
+                                  & (drain_tile == command.tiles - 1)),
+            ]
+        with m.If(drain_issue):
+            with m.If(drain_tile == command.tiles - 1):
+                m.d.sync += [drain_tile.eq(0), drain_row.eq(drain_row + 1)]
+                with m.If(drain_row == command.tokens - 1):
+                    m.d.sync += issuing.eq(0)
+            with m.Else():
+                m.d.sync += drain_tile.eq(drain_tile + 1)
+
         # -- parameter fetch: the row's tile selects its channels' parameters
         fetch_valid = Signal()
         fetch_sums = Signal.like(mac.o.p.sums)
         fetch_tag = Signal(self.tag_layout)
-        fetch_advance = Signal()
         params_read = params.read_port()
+        incoming_tag = Signal(self.tag_layout)
         m.d.comb += [
             fetch_advance.eq(~fetch_valid | epilogue.i.ready),
             mac.o.ready.eq(fetch_advance),
-            params_read.addr.eq(data.View(self.tag_layout, mac.o.p.tag).tile),
+            incoming_tag.eq(Mux(command.drain, drain_tag, mac.o.p.tag)),
+            params_read.addr.eq(incoming_tag.tile),
             params_read.en.eq(fetch_advance),
         ]
         with m.If(fetch_advance):
             m.d.sync += [
-                fetch_valid.eq(mac.o.valid),
-                fetch_sums.eq(mac.o.p.sums),
-                fetch_tag.eq(mac.o.p.tag),
+                fetch_valid.eq(Mux(command.drain, drain_valid, mac.o.valid)),
+                fetch_sums.eq(Mux(command.drain, accumulator_read.data, mac.o.p.sums)),
+                fetch_tag.eq(incoming_tag),
             ]
         m.d.comb += [epilogue.i.valid.eq(fetch_valid), epilogue.i.p.tag.eq(fetch_tag)]
         for lane in range(rows):
@@ -283,7 +328,7 @@ class FFNEngine(wiring.Component):
                 epilogue.i.p.lanes[lane].acc.eq(fetch_sums[lane]),
                 epilogue.i.p.lanes[lane].params.eq(params_read.data[lane]),
                 epilogue.i.p.lanes[lane].apply_table.eq(
-                    command.activation & (~command.swiglu | gate_lane)),
+                    command.activation & (~command.swiglu | gate_lane) & ~command.drain),
             ]
 
         # -- SwiGLU: silu(gate) * up, then requantised (two stages); plain rows pass through
@@ -298,7 +343,7 @@ class FFNEngine(wiring.Component):
         out_ready = Signal()
         out_advance = Signal()
         m.d.comb += [
-            out_ready.eq(command.to_buffer | self.o.ready),
+            out_ready.eq(command.to_buffer | command.accumulate | self.o.ready),
             out_advance.eq(~out_valid[1] | out_ready),
             epilogue.o.ready.eq(out_advance),
         ]
@@ -321,11 +366,43 @@ class FFNEngine(wiring.Component):
         with m.Else():
             m.d.comb += values.eq(plain[1])
         m.d.comb += [
-            self.o.valid.eq(out_valid[1] & ~command.to_buffer),
+            self.o.valid.eq(out_valid[1] & ~command.to_buffer & ~command.accumulate),
             self.o.p.values.eq(values),
             self.o.p.tag.eq(out_tag[1]),
         ]
         row_done = out_valid[1] & out_ready
+
+        # -- accumulate: gate x row added into the token's accumulator row (stages 2 and 3)
+        gates_read = gates.read_port()
+        gate2 = Signal(nx.GATE_FRAC_BITS + 1)
+        accumulate_valid = Signal()
+        accumulate_last = Signal()
+        accumulate_address = Signal(range(config.out_buffer_words))
+        accumulate_sums = Signal(data.ArrayLayout(signed(32), rows))
+        read_address = Signal(range(config.out_buffer_words))
+        m.d.comb += [
+            gates_read.addr.eq(data.View(self.tag_layout, epilogue.o.p.tag).token),
+            gates_read.en.eq(out_advance),
+            read_address.eq(gates_read.data.row * command.tiles + out_tag[0].tile),
+            accumulator_read.addr.eq(Mux(command.drain, drain_address, read_address)),
+            accumulator_read.en.eq(Mux(command.drain, drain_issue, out_advance)),
+        ]
+        address2 = Signal(range(config.out_buffer_words))
+        with m.If(out_advance):
+            m.d.sync += [gate2.eq(gates_read.data.gate), address2.eq(read_address)]
+        m.d.sync += [
+            accumulate_valid.eq(out_valid[1] & command.accumulate),
+            accumulate_last.eq(out_tag[1].last),
+            accumulate_address.eq(address2),
+        ]
+        for lane in range(rows):
+            m.d.sync += accumulate_sums[lane].eq(accumulator_read.data[lane]
+                                                 + gate2 * plain[1][lane])
+        m.d.comb += [
+            accumulator_write.addr.eq(Mux(command.drain, drain_address, accumulate_address)),
+            accumulator_write.data.eq(Mux(command.drain, 0, accumulate_sums)),
+            accumulator_write.en.eq(Mux(command.drain, drain_issue, busy & accumulate_valid)),
+        ]
 
         # -- rows into the other activation buffer, or external writes while idle
         word_bytes = config.act_word_bytes
@@ -361,7 +438,9 @@ class FFNEngine(wiring.Component):
         m.d.comb += illegal.eq(
             (request.tokens == 0) | (request.tokens > config.max_tokens)
             | (request.tiles == 0) | (request.tiles > config.max_tiles)
-            | (request.chunks == 0) | (request.chunks > config.weight_bank_words)
+            | (~request.drain & ((request.chunks == 0)
+                                 | (request.chunks > config.weight_bank_words)))
+            | (request.drain & (request.tokens * request.tiles > config.out_buffer_words))
             | (request.pattern >= len(patterns)))
         with m.If(~busy & self.cmd.valid):
             m.d.sync += self.error.eq(illegal)
@@ -373,9 +452,11 @@ class FFNEngine(wiring.Component):
                     tile.eq(0), token.eq(0), chunk.eq(0),
                     beat.eq(0), fill_word.eq(0), blocks_loaded.eq(0),
                     fill_bank.eq(0), compute_bank.eq(0),
+                    drain_row.eq(0), drain_tile.eq(0),
                     self.perf.eq(0),
                 ]
-        with m.If(busy & row_done & out_tag[1].last):
+        with m.If(busy & Mux(command.accumulate, accumulate_valid & accumulate_last,
+                             row_done & out_tag[1].last)):
             m.d.sync += busy.eq(0)
         with m.If(busy):
             m.d.sync += self.perf.busy_cycles.eq(self.perf.busy_cycles + 1)

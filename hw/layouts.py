@@ -12,7 +12,7 @@ from ..sw.sparsity import code_bits
 
 __all__ = ["CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out", "weight_word",
            "pattern_bits", "mac_in", "mac_out", "ffn_tag", "ffn_command", "ffn_out", "act_write",
-           "params_write"]
+           "params_write", "gate_entry", "gates_write"]
 
 # Per-channel epilogue parameters.
 CHANNEL_PARAMS = data.StructLayout({
@@ -117,6 +117,10 @@ def ffn_command(config) -> data.StructLayout:
     ``activation``: the epilogue's table applies (to the gate channels under ``swiglu``).
     ``to_buffer``: the rows go into the other activation buffer (``dst_row_words`` words per
     token), ready as the input of the next pass, instead of out on the `o` stream.
+    ``accumulate``: each row, times its token's gate weight, is added into the token's row of the
+    output accumulator (the gate table maps the pass's tokens to rows and gates).
+    ``drain``: no weights; rows ``0 .. tokens-1`` of the output accumulator (``tiles`` words each)
+    go through the epilogue and out on `o`, and are cleared.
     """
     words = config.act_buffer_words.bit_length()
     return data.StructLayout({
@@ -132,6 +136,8 @@ def ffn_command(config) -> data.StructLayout:
         "swiglu": unsigned(1),
         "swiglu_multiplier": unsigned(nx.MULT_BITS),
         "swiglu_shift": unsigned(nx.SHIFT_BITS),
+        "accumulate": unsigned(1),
+        "drain": unsigned(1),
     })
 
 
@@ -158,4 +164,21 @@ def params_write(config) -> data.StructLayout:
     return data.StructLayout({
         "tile": unsigned(_index_bits(config.max_tiles)),
         "params": data.ArrayLayout(CHANNEL_PARAMS, config.mac_rows),
+    })
+
+
+def gate_entry(config) -> data.StructLayout:
+    """Where a token of an expert's queue goes: its row of the output accumulator, and its Q15 gate
+    weight."""
+    return data.StructLayout({
+        "row": unsigned(_index_bits(config.max_tokens)),
+        "gate": unsigned(nx.GATE_FRAC_BITS + 1),
+    })
+
+
+def gates_write(config) -> data.StructLayout:
+    """The gate-table entry of the pass's token `slot`."""
+    return data.StructLayout({
+        "slot": unsigned(_index_bits(config.max_tokens)),
+        "entry": gate_entry(config),
     })

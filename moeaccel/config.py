@@ -83,7 +83,7 @@ class AccelConfig:
     weight_buffer_bytes: int = 16 * 1024       # per bank
     weight_banks: int = 2                      # double buffering: one bank fills while one computes
     act_buffer_bytes: int = 16 * 1024
-    out_buffer_bytes: int = 16 * 1024
+    out_buffer_bytes: int = 16 * 1024         # int32 rows the experts' outputs accumulate into
     # -- model limits
     max_tokens: int = 64
     max_d_model: int = 256
@@ -164,6 +164,9 @@ class AccelConfig:
         if self.max_inputs > self.act_buffer_bytes:
             fail(f"act_buffer_bytes={self.act_buffer_bytes} cannot hold one token of "
                  f"{self.max_inputs} activations (max_d_model/max_d_ff)")
+        if -(-self.max_d_model // self.mac_rows) > self.out_buffer_words:
+            fail(f"out_buffer_bytes={self.out_buffer_bytes} cannot hold one int32 output row of "
+                 f"max_d_model={self.max_d_model}")
         if self.attention_group > self.max_tokens:
             fail(f"attention_group must be at most max_tokens={self.max_tokens}, "
                  f"not {self.attention_group}")
@@ -223,6 +226,11 @@ class AccelConfig:
         return self.weight_bank_words * self.weight_word_bytes
 
     @property
+    def out_buffer_words(self) -> int:
+        """Words of the output accumulator: ``mac_rows`` int32 values each."""
+        return self.out_buffer_bytes // (4 * self.mac_rows)
+
+    @property
     def max_tiles(self) -> int:
         """Output tiles of the largest projection (SwiGLU's gate and up rows together)."""
         return -(-max(2 * self.max_d_ff, self.max_d_model) // self.mac_rows)
@@ -260,25 +268,25 @@ PRESETS: dict[str, AccelConfig] = {
     # Small enough for quick RTL simulation; every feature enabled.
     "tiny": AccelConfig(
         name="tiny", mac_rows=4, mac_cols=8,
-        weight_buffer_bytes=4096, act_buffer_bytes=16 * 1024, out_buffer_bytes=4096,
+        weight_buffer_bytes=4096, act_buffer_bytes=16 * 1024, out_buffer_bytes=32 * 1024,
         max_tokens=64, max_d_model=128, max_d_ff=256, max_experts=64, max_k=8, max_seq_len=1024,
         max_heads=8, attention_group=4, axi_data_width=64, clock_mhz=100.0),
     # PYNQ-Z2 (xc7z020: 220 DSP48E1, 140 BRAM36): 128 MAC lanes leave DSPs for the epilogue and router.
     "pynq-z2": AccelConfig(
         name="pynq-z2", mac_rows=8, mac_cols=16,
-        weight_buffer_bytes=64 * 1024, act_buffer_bytes=64 * 1024, out_buffer_bytes=32 * 1024,
+        weight_buffer_bytes=64 * 1024, act_buffer_bytes=64 * 1024, out_buffer_bytes=128 * 1024,
         max_tokens=256, max_d_model=1024, max_d_ff=4096, max_experts=64, max_k=8, max_seq_len=1024,
         max_heads=16, attention_group=4, axi_data_width=64, clock_mhz=100.0),
     # KV260 (xck26: 1248 DSP48E2, 144 BRAM36 + 64 URAM).
     "kv260": AccelConfig(
         name="kv260", mac_rows=16, mac_cols=32,
-        weight_buffer_bytes=256 * 1024, act_buffer_bytes=128 * 1024, out_buffer_bytes=64 * 1024,
+        weight_buffer_bytes=256 * 1024, act_buffer_bytes=128 * 1024, out_buffer_bytes=512 * 1024,
         max_tokens=512, max_d_model=4096, max_d_ff=8192, max_experts=128, max_k=8, max_seq_len=2048,
         max_heads=32, attention_group=4, axi_data_width=128, clock_mhz=200.0),
     # ZCU104 (xczu7ev: 1728 DSP48E2, 312 BRAM36 + 96 URAM): DeepSeek-V3-scale routing.
     "zcu104": AccelConfig(
         name="zcu104", mac_rows=32, mac_cols=32,
-        weight_buffer_bytes=1024 * 1024, act_buffer_bytes=256 * 1024, out_buffer_bytes=128 * 1024,
+        weight_buffer_bytes=1024 * 1024, act_buffer_bytes=256 * 1024, out_buffer_bytes=1024 * 1024,
         max_tokens=1024, max_d_model=8192, max_d_ff=16384, max_experts=256, max_k=8, max_seq_len=4096,
         max_heads=64, attention_group=8, axi_data_width=128, clock_mhz=200.0),
 }

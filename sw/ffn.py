@@ -18,7 +18,7 @@ from .quantized import QuantizedExpert, QuantizedLinear
 from .sparsity import WeightBlocks, chunk_inputs, pack
 
 __all__ = ["ShapeError", "FFNPass", "plan_pass", "fuse_swiglu", "PassOperands", "pass_operands",
-           "expert_passes", "swiglu_reference"]
+           "expert_passes", "ExpertJob", "MoEProgram", "moe_program", "swiglu_reference"]
 
 
 class ShapeError(ValueError):
@@ -38,6 +38,8 @@ class FFNPass:
     activation: bool = False
     src: int = 0
     to_buffer: bool = False
+    accumulate: bool = False  # rows x gate added into the output accumulator
+    drain: bool = False       # the accumulator's rows out through the epilogue (no weights)
 
     @property
     def per_tile(self) -> int:
@@ -63,6 +65,8 @@ class FFNPass:
     @property
     def macs(self) -> int:
         """Multiply-accumulates the pass needs: kept weights times tokens."""
+        if self.drain:
+            return 0
         rows = 2 * self.outputs if self.swiglu else self.outputs
         return self.tokens * rows * self.inputs * self.pattern.n // self.pattern.m
 
@@ -74,7 +78,8 @@ class FFNPass:
             "src_row_words": self.src_row_words, "to_buffer": int(self.to_buffer),
             "dst_row_words": self.dst_row_words, "activation": int(self.activation),
             "swiglu": int(self.swiglu), "swiglu_multiplier": swiglu_multiplier,
-            "swiglu_shift": swiglu_shift,
+            "swiglu_shift": swiglu_shift, "accumulate": int(self.accumulate),
+            "drain": int(self.drain),
         }
 
 
@@ -103,6 +108,10 @@ def plan_pass(config: AccelConfig, tokens: int, inputs: int, outputs: int,
         fit = config.act_buffer_words // step.src_row_words
         raise ShapeError(f"{tokens} tokens of {inputs} inputs do not fit the activation buffer of "
                          f"{where} ({config.act_buffer_bytes} bytes): at most {fit} tokens a pass")
+    if step.drain and tokens * step.tiles > config.out_buffer_words:
+        fit = config.out_buffer_words // step.tiles
+        raise ShapeError(f"{tokens} output rows of {outputs} do not fit the output accumulator of "
+                         f"{where} ({config.out_buffer_bytes} bytes): at most {fit} rows")
     if step.to_buffer and tokens * step.dst_row_words > config.act_buffer_words:
         fit = config.act_buffer_words // step.dst_row_words
         raise ShapeError(f"{tokens} tokens of {outputs} outputs do not fit the activation buffer of "
@@ -165,9 +174,10 @@ def pass_operands(step: FFNPass, layer: QuantizedLinear,
 
 
 def expert_passes(config: AccelConfig, expert: QuantizedExpert, tokens: int,
-                  pattern: SparsityPattern) -> list[PassOperands]:
-    """A SwiGLU expert as two passes (gate/up into activation buffer 1, then down out), or a
-    GELU/ReLU expert as two plain passes. The expert's weights must already be pruned to
+                  pattern: SparsityPattern, accumulate: bool = False) -> list[PassOperands]:
+    """A SwiGLU expert as two passes (gate/up into activation buffer 1, then down), or a GELU/ReLU
+    expert as two plain passes. The down pass streams its rows out, or with `accumulate` adds them,
+    gate-weighted, into the output accumulator. The expert's weights must already be pruned to
     `pattern`."""
     d_ff, d_model = expert.down.weight.shape[1], expert.down.weight.shape[0]
     if expert.activation == "swiglu":
@@ -178,8 +188,56 @@ def expert_passes(config: AccelConfig, expert: QuantizedExpert, tokens: int,
     else:
         first = plan_pass(config, tokens, d_model, d_ff, pattern, activation=True, to_buffer=True)
         operands = pass_operands(first, expert.up)
-    second = plan_pass(config, tokens, d_ff, d_model, pattern, src=1)
+    second = plan_pass(config, tokens, d_ff, d_model, pattern, src=1, accumulate=accumulate)
     return [operands, pass_operands(second, expert.down)]
+
+
+@dataclass
+class ExpertJob:
+    """One expert's share of an MoE layer: the rows of its token queue (gathered activations), where
+    each goes in the output accumulator with what gate, and its passes."""
+
+    expert_id: int | str
+    rows: torch.Tensor                # token indices of the layer, ascending
+    gates: torch.Tensor               # Q15
+    passes: list[PassOperands]
+
+
+@dataclass
+class MoEProgram:
+    """An MoE layer (routing given) as engine work: expert jobs, then the drain that requantises the
+    accumulated rows into the layer's int8 output."""
+
+    jobs: list[ExpertJob]
+    drain: PassOperands
+
+
+def moe_program(config: AccelConfig, layer, x_q: torch.Tensor, pattern: SparsityPattern,
+                routing=None) -> MoEProgram:
+    """The engine work of `QuantizedMoE` `layer` on tokens `x_q`: each routed expert that has tokens
+    (empty experts cost nothing), then the shared expert, then the drain."""
+    from .quantized import dispatch_table
+
+    tokens, d_model = x_q.shape
+    routing = layer.router(x_q) if routing is None else routing
+    jobs = []
+    for expert_id, (rows, gates) in enumerate(dispatch_table(routing, layer.spec.n_experts)):
+        if rows.numel():
+            jobs.append(ExpertJob(expert_id, rows, gates, expert_passes(
+                config, layer.experts[expert_id], rows.numel(), pattern, accumulate=True)))
+    if layer.shared is not None:
+        jobs.append(ExpertJob("shared", torch.arange(tokens), layer.shared_gate_q15(x_q),
+                              expert_passes(config, layer.shared, tokens, pattern,
+                                            accumulate=True)))
+    step = plan_pass(config, tokens, 1, d_model, "dense", drain=True)
+    channels = step.tiles * config.mac_rows
+    drain = PassOperands(step, pack(torch.zeros(1, 1, dtype=torch.int64), step.pattern, config),
+                         _tile_params(torch.zeros(channels, dtype=torch.int64),
+                                      layer.combine_multiplier.expand(channels),
+                                      layer.combine_shift.expand(channels), step.tiles,
+                                      config.mac_rows),
+                         None, 0, 0)
+    return MoEProgram(jobs, drain)
 
 
 def swiglu_reference(gate: QuantizedLinear, up: QuantizedLinear, multiplier: int, shift: int,

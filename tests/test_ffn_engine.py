@@ -41,6 +41,25 @@ LARGEST = [_case("expert", "swiglu", "2:4", 64, 128, 256, seed=8, weight_idle=0.
                  backpressure=0.2)]
 
 
+def _moe(router, activation, pattern, tokens, d_model, d_ff, experts, k, seed, shared_d_ff=0,
+         weight_idle=0.3, backpressure=0.3):
+    return dict(kind="moe", router=router, activation=activation, pattern=pattern, tokens=tokens,
+                d_model=d_model, d_ff=d_ff, experts=experts, k=k, seed=seed,
+                shared_d_ff=shared_d_ff, weight_idle=weight_idle, backpressure=backpressure)
+
+
+@pytest.mark.sim
+def test_moe_layers_through_the_engine():
+    """Whole MoE layers: gate-weighted accumulation of every routed expert's rows (and a shared
+    expert's) into the output rows, then the drain, bit-exact with QuantizedMoE."""
+    run_engine("tiny", [
+        _moe("softmax_topk_renorm", "swiglu", "dense", 12, 32, 48, experts=4, k=2, seed=20),
+        _moe("softmax_topk", "swiglu", "2:4", 9, 40, 24, experts=6, k=2, seed=21, shared_d_ff=32),
+        _moe("top1", "relu", "4:8", 1, 16, 24, experts=4, k=1, seed=22),
+        _moe("softmax_topk_renorm", "gelu", "1:4", 5, 24, 40, experts=3, k=3, seed=23),
+    ])
+
+
 @pytest.mark.sim
 def test_ffn_engine_small_cases():
     run_engine("tiny", SMALL)

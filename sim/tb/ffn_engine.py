@@ -21,11 +21,11 @@ from cocotb.triggers import FallingEdge, RisingEdge
 
 from ...config import SparsityPattern, preset
 from ...hw.ffn_engine import PERF_COUNTERS
-from ...hw.layouts import (TABLE_WRITE, act_write, ffn_command, ffn_out, params_write,
-                           pattern_bits)
-from ...sw.ffn import (expert_passes, pass_operands, plan_pass, swiglu_reference)
-from ...sw.quantized import QuantizedExpert, QuantizedLinear, quantize_tensor
-from ...sw.reference import Expert
+from ...hw.layouts import (TABLE_WRITE, act_write, ffn_command, ffn_out, gates_write,
+                           params_write, pattern_bits)
+from ...sw.ffn import expert_passes, moe_program, pass_operands, plan_pass, swiglu_reference
+from ...sw.quantized import QuantizedExpert, QuantizedLinear, QuantizedMoE, quantize_tensor
+from ...sw.reference import Expert, MoELayer, MoESpec
 from ...sw.sparsity import prune
 from ..harness import StallGenerator, reset, start_clock, tb_params
 from .streams import StreamSink, StreamSource
@@ -40,13 +40,14 @@ class FFNTB:
         self.dut, self.config, self.rng = dut, config, rng
         self.idle = 0.0           # idle probability of the loading streams, set per case
         self.layouts = {"act": act_write(config), "params": params_write(config),
-                        "cmd": ffn_command(config), "out": ffn_out(config)}
+                        "cmd": ffn_command(config), "out": ffn_out(config),
+                        "gates": gates_write(config)}
         self.rows: list[tuple[int, int, list[int]]] = []
         self.sink = None
 
     async def start(self):
         await start_clock(self.dut)
-        for name in ("cmd", "weights", "act_write", "params_write", "table_write"):
+        for name in ("cmd", "weights", "act_write", "params_write", "table_write", "gates_write"):
             getattr(self.dut, f"{name}__valid").value = 0
         await reset(self.dut)
 
@@ -74,6 +75,12 @@ class FFNTB:
             self.layouts["params"].const({"tile": tile, "params": lanes}).as_bits()
             for tile, lanes in enumerate(params))
 
+    async def load_gates(self, rows: torch.Tensor, gates: torch.Tensor) -> None:
+        """The gate table: slot i of the pass goes to accumulator row rows[i] with weight gates[i]."""
+        await self._source("gates_write").send(
+            self.layouts["gates"].const({"slot": slot, "entry": {"row": int(row), "gate": int(gate)}})
+            .as_bits() for slot, (row, gate) in enumerate(zip(rows, gates)))
+
     async def load_table(self, table) -> None:
         table = table.tolist() if table is not None else list(range(-128, 128))
         await self._source("table_write").send(
@@ -87,8 +94,8 @@ class FFNTB:
         await self.load_params(operands.params)
         await self.load_table(operands.table)
         blocks, bus = operands.blocks, self.config.axi_data_bytes
-        beats = [int.from_bytes(blocks.data[n:n + bus], "little")
-                 for n in range(0, len(blocks.data), bus)]
+        beats = [] if operands.step.drain else [int.from_bytes(blocks.data[n:n + bus], "little")
+                                                for n in range(0, len(blocks.data), bus)]
         self.rows = []
         sink = StreamSink(self.dut, "o", self._collect, StallGenerator(rng, backpressure))
         sink_task = cocotb.start_soon(sink.run())
@@ -133,7 +140,46 @@ def _float_expert(case: dict, pattern: SparsityPattern) -> Expert:
     return expert
 
 
+async def run_moe_case(tb: FFNTB, case: dict, rng: random.Random) -> dict:
+    """A whole MoE layer (routing from the golden router): every routed expert with tokens, the
+    shared expert, gate-weighted accumulation, then the drain; compared with `QuantizedMoE`."""
+    config, pattern = tb.config, SparsityPattern.parse(case["pattern"])
+    spec = MoESpec(case["d_model"], case["d_ff"], case["experts"], case["k"], router=case["router"],
+                   activation=case["activation"], shared_d_ff=case.get("shared_d_ff", 0))
+    torch.manual_seed(case["seed"])
+    layer = MoELayer(spec).eval()
+    with torch.no_grad():
+        for module in layer.modules():
+            if isinstance(module, torch.nn.Linear) and module is not layer.router \
+                    and module is not layer.shared_gate:
+                module.weight.copy_(prune(module.weight, pattern))
+    generator = torch.Generator().manual_seed(case["seed"] + 1)
+    quantized = QuantizedMoE.from_float(layer, torch.randn(256, spec.d_model, generator=generator))
+    x_q = quantized.quantize_input(torch.randn(case["tokens"], spec.d_model, generator=generator))
+    program = moe_program(config, quantized, x_q, pattern)
+    tb.idle = case["weight_idle"]
+    counters = {name: 0 for name in PERF_FIELDS}
+    macs = weight_bytes = 0
+    for job in program.jobs:
+        await tb.load_activations(0, x_q[job.rows], job.passes[0].step.src_row_words)
+        await tb.load_gates(job.rows, job.gates)
+        for operands in job.passes:
+            measured = await tb.run_pass(operands, rng, case["weight_idle"], case["backpressure"])
+            counters = {name: counters[name] + measured[name] for name in PERF_FIELDS}
+            macs += operands.step.macs
+            weight_bytes += len(operands.blocks.data)
+    measured = await tb.run_pass(program.drain, rng, case["weight_idle"], case["backpressure"])
+    counters = {name: counters[name] + measured[name] for name in PERF_FIELDS}
+    expected = quantized.forward(x_q)
+    got = tb.result(program.drain.step)
+    return {**case, **counters, "macs": macs, "weight_bytes": weight_bytes,
+            "ideal_cycles": -(-macs // config.mac_units), "experts_run": len(program.jobs),
+            "mismatches": int((got != expected).sum()), "values": int(expected.numel())}
+
+
 async def run_case(tb: FFNTB, case: dict, rng: random.Random) -> dict:
+    if case["kind"] == "moe":
+        return await run_moe_case(tb, case, rng)
     config, pattern = tb.config, SparsityPattern.parse(case["pattern"])
     expert = _float_expert(case, pattern)
     generator = torch.Generator().manual_seed(case["seed"] + 1)
