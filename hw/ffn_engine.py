@@ -14,7 +14,6 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..sw import numerics as nx
-from ..sw.sparsity import code_bits
 from .arith import round_shift_saturate
 from .epilogue import Epilogue
 from .layouts import (CHANNEL_PARAMS, TABLE_WRITE, act_write, ffn_command, ffn_out, ffn_tag,
@@ -34,7 +33,7 @@ PERF_COUNTERS = data.StructLayout({
 def weight_word_beats(config: AccelConfig, pattern) -> int:
     """Bus beats of one packed weight word (each word is padded to whole beats)."""
     bits = config.mac_rows * config.mac_cols * 8 \
-        + config.mac_rows * (config.mac_cols // pattern.n) * code_bits(pattern)
+        + config.mac_rows * (config.mac_cols // pattern.n) * pattern.code_bits
     return -(-bits // config.axi_data_width)
 
 

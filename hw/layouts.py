@@ -8,7 +8,6 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
 from ..sw import numerics as nx
-from ..sw.sparsity import code_bits
 
 __all__ = ["CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out", "weight_word",
            "pattern_bits", "mac_in", "mac_out", "ffn_tag", "ffn_command", "ffn_out", "act_write",
@@ -61,9 +60,9 @@ def weight_word(rows: int, cols: int, pattern) -> data.StructLayout:
     little-endian, each padded to whole bus beats.
     """
     fields = {"values": data.ArrayLayout(data.ArrayLayout(signed(8), cols), rows)}
-    if code_bits(pattern):
+    if pattern.code_bits:
         fields["codes"] = data.ArrayLayout(
-            data.ArrayLayout(unsigned(code_bits(pattern)), cols // pattern.n), rows)
+            data.ArrayLayout(unsigned(pattern.code_bits), cols // pattern.n), rows)
     return data.StructLayout(fields)
 
 

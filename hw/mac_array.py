@@ -11,7 +11,6 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
-from ..sw.sparsity import code_bits, combinations
 from .layouts import mac_in, mac_out, weight_word
 
 __all__ = ["MacArray"]
@@ -54,12 +53,12 @@ class MacArray(wiring.Component):
         choices = []
         for pattern in config.patterns:
             group, slot = divmod(lane, pattern.n)
-            if not code_bits(pattern):
+            if not pattern.code_bits:
                 choices.append(window[lane])
                 continue
             word = data.View(weight_word(config.mac_rows, config.mac_cols, pattern),
                              weights[:weight_word(config.mac_rows, config.mac_cols, pattern).size])
-            offset = Array(combo[slot] for combo in combinations(pattern))[word.codes[row][group]]
+            offset = Array(combo[slot] for combo in pattern.combinations)[word.codes[row][group]]
             group_inputs = Array(window[group * pattern.m + index] for index in range(pattern.m))
             choices.append(group_inputs[offset])
         return choices

@@ -8,7 +8,10 @@ would be right.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 from dataclasses import dataclass
+from functools import cached_property
 
 __all__ = ["AccelConfig", "ConfigError", "SparsityPattern", "PRESETS", "preset"]
 
@@ -51,6 +54,16 @@ class SparsityPattern:
     @property
     def density(self) -> float:
         return self.n / self.m
+
+    @cached_property
+    def combinations(self) -> tuple[tuple[int, ...], ...]:
+        """The index sets a group can keep, in lexicographic order: a set's code is its position."""
+        return tuple(itertools.combinations(range(self.m), self.n))
+
+    @property
+    def code_bits(self) -> int:
+        """Bits of a group's index code (0 for dense, 3 for 2:4: six possible pairs)."""
+        return math.ceil(math.log2(len(self.combinations)))
 
     def __str__(self) -> str:
         return "dense" if self.is_dense else f"{self.n}:{self.m}"
@@ -208,9 +221,8 @@ class AccelConfig:
     @property
     def weight_word_bits(self) -> int:
         """Width of a weight-bank word: the widest packed word among the patterns."""
-        from .sw.sparsity import code_bits
         return max(self.mac_rows * self.mac_cols * 8
-                   + self.mac_rows * (self.mac_cols // p.n) * code_bits(p) for p in self.patterns)
+                   + self.mac_rows * (self.mac_cols // p.n) * p.code_bits for p in self.patterns)
 
     @property
     def weight_word_bytes(self) -> int:

@@ -3,7 +3,9 @@
 1. build the bundled models and export them to ONNX, checked against onnxruntime;
 2. quantise them and run the integer golden model, measured against the float one;
 3. run one expert's projection with its activation table through the epilogue RTL in Verilator,
-   bit-exact against the golden model, and count its cycles.
+   bit-exact against the golden model, and count its cycles;
+4. run a whole MoE layer (routing from the golden router) through the Expert-FFN engine RTL:
+   every expert's token queue, gate-weighted accumulation, the final requantisation, bit-exact.
 """
 
 from __future__ import annotations
@@ -121,9 +123,40 @@ def epilogue_in_rtl(out_dir: Path, config_name: str = "tiny") -> dict:
     return report
 
 
+def moe_layer_in_rtl(out_dir: Path, model: str = "tiny-mixtral", tokens: int = 16,
+                     config_name: str = "tiny") -> dict:
+    """A bundled MoE layer through the Expert-FFN engine RTL: every routed expert's token queue
+    (gathered), gate-weighted accumulation into the output rows, the final requantisation; the int8
+    output compared with the integer golden model."""
+    from .hw.ffn_engine import FFNEngine
+    from .sim.harness import run_cocotb
+
+    config = preset(config_name)
+    job_dir = out_dir.resolve() / "moe_layer"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    report_file = job_dir / "report.json"
+    report_file.unlink(missing_ok=True)
+    case = dict(kind="moe", model=model, pattern="dense", tokens=tokens, seed=0, weight_idle=0.0,
+                backpressure=0.0)
+    print(f"  {model}: {tokens} tokens through the Expert-FFN engine ({config_name} preset, "
+          f"{config.mac_rows}x{config.mac_cols} MAC array)")
+    run_cocotb(FFNEngine(config), toplevel="ffn_engine", test_module="moeaccel.sim.tb.ffn_engine",
+               build_key=config_name, timeout_s=1200, log_file=job_dir / "sim.log",
+               parameters={"config": config_name, "cases": [case], "report_file": str(report_file)})
+    (report,) = json.loads(report_file.read_text())
+    print(f"  simulation log: {job_dir / 'sim.log'}")
+    print(f"  experts run: {report['experts_run']} (experts without tokens are skipped)")
+    print(f"  layer output bit-exact with the golden model: {report['mismatches'] == 0} "
+          f"({report['values']} values)")
+    print(f"  cycles: {report['busy_cycles']} (ideal {report['ideal_cycles']} = "
+          f"{report['macs']} MACs / {config.mac_units} lanes; {report['weight_wait']} waiting "
+          f"for weights at {config.axi_data_width}-bit)")
+    return report
+
+
 def run_demo(out_dir: Path, rtl: bool = True) -> None:
     out_dir = Path(out_dir)
-    steps = Steps(3 if rtl else 2)
+    steps = Steps(4 if rtl else 2)
     with steps("export the bundled tiny MoE models to ONNX (dynamo exporter)"):
         export_models(out_dir / "models")
     with steps("quantise them and run the integer golden model against the float one"):
@@ -131,4 +164,6 @@ def run_demo(out_dir: Path, rtl: bool = True) -> None:
     if rtl:
         with steps("epilogue RTL in Verilator on a real expert's accumulators"):
             epilogue_in_rtl(out_dir)
+        with steps("a whole MoE layer through the Expert-FFN engine RTL in Verilator"):
+            moe_layer_in_rtl(out_dir)
     print(f"\nartefacts in {out_dir}")

@@ -6,29 +6,15 @@ In every group of M consecutive input elements of a weight row, N are kept. Dens
 
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 
 from ..config import AccelConfig, SparsityPattern
 
-__all__ = ["combinations", "code_bits", "prune", "compress", "decompress", "sparse_matmul",
+__all__ = ["prune", "compress", "decompress", "sparse_matmul",
            "chunk_inputs", "WeightBlocks", "pack", "unpack"]
-
-
-@lru_cache(maxsize=None)
-def combinations(pattern: SparsityPattern) -> tuple[tuple[int, ...], ...]:
-    """The index sets a group can keep, in lexicographic order: a set's code is its position."""
-    return tuple(itertools.combinations(range(pattern.m), pattern.n))
-
-
-def code_bits(pattern: SparsityPattern) -> int:
-    """Bits of a group's index code (0 for dense, 3 for 2:4: six possible pairs)."""
-    return math.ceil(math.log2(len(combinations(pattern))))
 
 
 def _groups(weight: torch.Tensor, pattern: SparsityPattern) -> torch.Tensor:
@@ -146,9 +132,9 @@ def pack(weight_q: torch.Tensor, pattern: SparsityPattern, config: AccelConfig) 
                                bitorder="little")
     bits[..., values_at:values_at + rows_per_tile * lanes * 8] = \
         value_bits.reshape(tiles, chunks, -1)
-    width = code_bits(pattern)
+    width = pattern.code_bits
     if width:
-        code_of = {combo: code for code, combo in enumerate(combinations(pattern))}
+        code_of = {combo: code for code, combo in enumerate(pattern.combinations)}
         lookup = np.zeros([pattern.m] * pattern.n, dtype=np.int64)
         for combo, code in code_of.items():
             lookup[combo] = code
@@ -171,7 +157,7 @@ def unpack(blocks: WeightBlocks, config: AccelConfig) -> torch.Tensor:
     layout = weight_word(config.mac_rows, config.mac_cols, pattern)
     per_chunk = chunk_inputs(config, pattern)
     dense = torch.zeros(blocks.tiles * config.mac_rows, blocks.chunks * per_chunk, dtype=torch.int64)
-    combos = combinations(pattern)
+    combos = pattern.combinations
     for word_index in range(blocks.words):
         tile, chunk = divmod(word_index, blocks.chunks)
         raw = blocks.data[word_index * blocks.word_bytes:(word_index + 1) * blocks.word_bytes]
@@ -179,7 +165,7 @@ def unpack(blocks: WeightBlocks, config: AccelConfig) -> torch.Tensor:
         for row in range(config.mac_rows):
             for lane in range(config.mac_cols):
                 group, slot = divmod(lane, pattern.n)
-                offset = combos[word.codes[row][group]][slot] if code_bits(pattern) else 0
+                offset = combos[word.codes[row][group]][slot] if pattern.code_bits else 0
                 dense[tile * config.mac_rows + row,
                       chunk * per_chunk + group * pattern.m + offset] = word.values[row][lane]
     return dense[:blocks.rows, :blocks.inputs]

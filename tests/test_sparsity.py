@@ -34,8 +34,8 @@ def test_prune_ties_keep_the_lower_index():
 
 
 def test_code_bits():
-    assert [sp.code_bits(p) for p in PATTERNS] == [0, 2, 3, 7]
-    assert sp.combinations(SparsityPattern(2, 4))[5] == (2, 3)
+    assert [p.code_bits for p in PATTERNS] == [0, 2, 3, 7]
+    assert SparsityPattern(2, 4).combinations[5] == (2, 3)
 
 
 def test_compress_refuses_unpruned_weights():
@@ -76,7 +76,7 @@ def test_packed_word_matches_the_layout_encoding():
     weight = sp.prune(torch.randint(-128, 128, (4, 16), generator=torch.Generator().manual_seed(1)),
                       pattern)
     values, indices = sp.compress(weight, pattern)
-    code_of = {combo: code for code, combo in enumerate(sp.combinations(pattern))}
+    code_of = {combo: code for code, combo in enumerate(pattern.combinations)}
     layout = weight_word(config.mac_rows, config.mac_cols, pattern)
     word = layout.const({
         "values": [values[row, :4].reshape(-1).tolist() for row in range(4)],

@@ -25,6 +25,7 @@ from ...hw.layouts import (TABLE_WRITE, act_write, ffn_command, ffn_out, gates_w
                            params_write, pattern_bits)
 from ...sw.ffn import expert_passes, moe_program, pass_operands, plan_pass, swiglu_reference
 from ...sw.quantized import QuantizedExpert, QuantizedLinear, QuantizedMoE, quantize_tensor
+from ...sw.models import build_model
 from ...sw.reference import Expert, MoELayer, MoESpec
 from ...sw.sparsity import prune
 from ..harness import StallGenerator, reset, start_clock, tb_params
@@ -144,10 +145,15 @@ async def run_moe_case(tb: FFNTB, case: dict, rng: random.Random) -> dict:
     """A whole MoE layer (routing from the golden router): every routed expert with tokens, the
     shared expert, gate-weighted accumulation, then the drain; compared with `QuantizedMoE`."""
     config, pattern = tb.config, SparsityPattern.parse(case["pattern"])
-    spec = MoESpec(case["d_model"], case["d_ff"], case["experts"], case["k"], router=case["router"],
-                   activation=case["activation"], shared_d_ff=case.get("shared_d_ff", 0))
-    torch.manual_seed(case["seed"])
-    layer = MoELayer(spec).eval()
+    if "model" in case:                             # a bundled model
+        layer = build_model(case["model"], case["seed"])
+        spec = layer.spec
+    else:
+        spec = MoESpec(case["d_model"], case["d_ff"], case["experts"], case["k"],
+                       router=case["router"], activation=case["activation"],
+                       shared_d_ff=case.get("shared_d_ff", 0))
+        torch.manual_seed(case["seed"])
+        layer = MoELayer(spec).eval()
     with torch.no_grad():
         for module in layer.modules():
             if isinstance(module, torch.nn.Linear) and module is not layer.router \
@@ -230,8 +236,8 @@ async def cases_bit_exact(dut):
     for case in params["cases"]:
         report = await run_case(tb, case, rng)
         reports.append(report)
-        name = (f"{case['kind']} {case['activation']} {case['pattern']} T={case['tokens']} "
-                f"D={case['d_model']} F={case['d_ff']}")
+        name = (f"{case['kind']} {case.get('model', case.get('activation'))} {case['pattern']} "
+                f"T={case['tokens']} D={case.get('d_model')} F={case.get('d_ff')}")
         dut._log.info(f"{name}: {report['busy_cycles']} cycles (ideal {report['ideal_cycles']}), "
                       f"{report['mismatches']} of {report['values']} values differ")
         if report["mismatches"]:
