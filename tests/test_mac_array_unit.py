@@ -4,12 +4,13 @@ import random
 
 import pytest
 import torch
-from amaranth.sim import Simulator
 
 from moeaccel.config import preset
 from moeaccel.hw.layouts import mac_in
 from moeaccel.hw.mac_array import MacArray
 from moeaccel.sw import sparsity as sp
+
+from . import stream_sim
 
 
 @pytest.mark.parametrize("pattern_index", range(4))
@@ -39,28 +40,10 @@ def test_mac_array_rows_match_sparse_matmul(pattern_index):
                 "first": chunk == 0, "last": chunk == blocks.chunks - 1, "tag": t}))
     expected = [(t, (x[t:t + 1] @ weight.T)[0].tolist()) for t in range(tokens)]
     dut = MacArray(config, tag_bits=4)
-    received = []
 
-    async def send(ctx):
-        for word in words:
-            while rng.random() < 0.3:
-                await ctx.tick()
-            ctx.set(dut.i.valid, 1)
-            ctx.set(dut.i.payload, word)
-            await ctx.tick().until(dut.i.ready)
-            ctx.set(dut.i.valid, 0)
+    async def sender(ctx):
+        await stream_sim.send(ctx, dut.i, words, rng, idle=0.3)
 
-    async def receive(ctx):
-        while len(received) < tokens:
-            ready = rng.random() < 0.5
-            ctx.set(dut.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            if valid and ready:
-                received.append((payload.tag, [payload.sums[r] for r in range(config.mac_rows)]))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(send)
-    sim.add_testbench(receive)
-    sim.run_until(1e-4)
+    received = [(payload.tag, [payload.sums[r] for r in range(config.mac_rows)]) for payload in
+                stream_sim.run(dut, sender, dut.o, tokens, rng, backpressure=0.5)]
     assert received == expected
