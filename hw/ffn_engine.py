@@ -461,7 +461,8 @@ class FFNEngine(wiring.Component):
             m.d.sync += self.perf.busy_cycles.eq(self.perf.busy_cycles + 1)
             with m.If(issue):
                 m.d.sync += self.perf.mac_cycles.eq(self.perf.mac_cycles + 1)
-            with m.If(issuing & front_advance & ~full.bit_select(compute_bank, 1)):
+            waiting = ~command.drain & issuing & front_advance & ~full.bit_select(compute_bank, 1)
+            with m.If(waiting):
                 m.d.sync += self.perf.weight_wait.eq(self.perf.weight_wait + 1)
             with m.If(out_valid[1] & ~out_ready):
                 m.d.sync += self.perf.output_wait.eq(self.perf.output_wait + 1)

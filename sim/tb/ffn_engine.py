@@ -112,7 +112,15 @@ class FFNTB:
         self.dut.o__ready.value = 0
         assert weights.done(), "the pass ended before all its weights were sent"
         perf = PERF_COUNTERS.from_bits(int(self.dut.perf.value))
-        return {name: int(getattr(perf, name)) for name in PERF_FIELDS}
+        counters = {name: int(getattr(perf, name)) for name in PERF_FIELDS}
+        step = operands.step
+        words = 0 if step.drain else step.tiles * step.tokens * step.chunks
+        assert counters["mac_cycles"] == words, \
+            f"mac_cycles counted {counters['mac_cycles']}, the pass issues {words} words"
+        assert counters["busy_cycles"] >= words
+        if step.drain:
+            assert counters["weight_wait"] == 0, "a drain waited for weights"
+        return counters
 
     def result(self, step) -> torch.Tensor:
         """The collected rows as an int8 ``[tokens, outputs]`` matrix; each row exactly once."""
