@@ -1,10 +1,15 @@
 """Combinational pieces of the integer arithmetic of `sw.numerics`, shared by every datapath."""
 
-from amaranth.hdl import Const, Mux, Value, signed
+from amaranth.hdl import Array, Const, Mux, Value, signed
 
 from ..sw import numerics as nx
 
-__all__ = ["round_shift_saturate"]
+__all__ = ["round_shift", "round_shift_saturate", "exp_fixed", "sigmoid_fixed"]
+
+
+def round_shift(value: Value, shift: int) -> Value:
+    """``sw.numerics.round_shift`` by a constant ``shift > 0``: add half, shift right."""
+    return (value + (1 << (shift - 1))) >> shift
 
 
 def round_shift_saturate(value: Value, shift: Value, max_shift: int, bits: int = 8) -> Value:
@@ -17,3 +22,21 @@ def round_shift_saturate(value: Value, shift: Value, max_shift: int, bits: int =
     rounded = Mux(shift > max_shift, 0, (value + half) >> shift)
     low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return Mux(rounded > high, high, Mux(rounded < low, low, rounded))[:bits].as_signed()
+
+
+def exp_fixed(d: Value) -> Value:
+    """``sw.numerics.exp_fixed``: exp of a non-positive Q8 value, in Q15 (combinational)."""
+    z = ((-d) * nx.LOG2E_Q12 + (1 << 11)) >> 12
+    table = Array(Const(int(v), 16) for v in nx.EXP2_TABLE)
+    whole = z >> 8
+    return Mux(whole >= nx.EXP_ZERO_SHIFT, 0, table[z[:8]] >> whole[:5])
+
+
+def sigmoid_fixed(logit: Value) -> Value:
+    """``sw.numerics.sigmoid_fixed``: sigmoid of a Q8 logit, in Q15 (combinational)."""
+    limit = 8 << nx.LOGIT_FRAC_BITS
+    x = (Mux(logit < -limit, -limit, Mux(logit > limit - 1, limit - 1, logit)) + limit)[:12]
+    index, frac = x[4:], x[:4]
+    table = Array(Const(int(v), 16) for v in nx.SIGMOID_TABLE)
+    low, high = table[index], table[index + 1]
+    return low + (((high - low) * frac + 8) >> 4)

@@ -5,13 +5,15 @@ Field widths come from `sw.numerics`, the definition of the arithmetic, never re
 """
 
 from amaranth.hdl import signed, unsigned
-from amaranth.lib import data
+from amaranth.lib import data, enum
 
 from ..sw import numerics as nx
+from ..sw.reference import ROUTER_MODES
 
 __all__ = ["CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out", "weight_word",
            "pattern_bits", "mac_in", "mac_out", "ffn_tag", "ffn_command", "ffn_out", "act_write",
-           "params_write", "gate_entry", "gates_write"]
+           "params_write", "gate_entry", "gates_write", "RouterMode", "router_command",
+           "dispatch_entry", "router_logit", "bias_write"]
 
 # Per-channel epilogue parameters.
 CHANNEL_PARAMS = data.StructLayout({
@@ -180,4 +182,57 @@ def gates_write(config) -> data.StructLayout:
     return data.StructLayout({
         "slot": unsigned(_index_bits(config.max_tokens)),
         "entry": gate_entry(config),
+    })
+
+
+class RouterMode(enum.Enum, shape=unsigned(2)):
+    """How the router turns logits into gate weights (`sw.reference.ROUTER_MODES`, same order)."""
+
+    SOFTMAX_TOPK_RENORM = 0
+    SOFTMAX_TOPK = 1
+    TOP1 = 2
+    SIGMOID_BIAS = 3
+
+    @classmethod
+    def named(cls, name: str) -> "RouterMode":
+        return cls(ROUTER_MODES.index(name))
+
+
+assert [mode.name.lower() for mode in RouterMode] == list(ROUTER_MODES)
+
+
+def router_command(config) -> data.StructLayout:
+    """A routing run: ``tokens`` tokens of ``experts`` logits each, ``k`` chosen per token; under
+    ``sigmoid_bias``, selection limited to the best ``topk_groups`` of ``groups`` groups of
+    ``group_size`` consecutive experts (``groups == 1``: no limit). The dispatch table's counts are
+    cleared first."""
+    return data.StructLayout({
+        "tokens": unsigned(config.max_tokens.bit_length()),
+        "experts": unsigned(config.max_experts.bit_length()),
+        "k": unsigned(config.max_k.bit_length()),
+        "mode": RouterMode,
+        "groups": unsigned(config.max_groups.bit_length()),
+        "group_size": unsigned(config.max_experts.bit_length()),
+        "topk_groups": unsigned(config.max_groups.bit_length()),
+    })
+
+
+def dispatch_entry(config) -> data.StructLayout:
+    """One slot of an expert's queue in the dispatch table: a token and its Q15 gate weight."""
+    return data.StructLayout({
+        "token": unsigned(_index_bits(config.max_tokens)),
+        "gate": unsigned(nx.GATE_FRAC_BITS + 1),
+    })
+
+
+def router_logit(config) -> data.StructLayout:
+    """One router logit (int16, Q8); the logits of a token arrive in expert order."""
+    return data.StructLayout({"value": signed(16)})
+
+
+def bias_write(config) -> data.StructLayout:
+    """The sigmoid_bias selection bias (Q15) of one expert."""
+    return data.StructLayout({
+        "expert": unsigned(_index_bits(config.max_experts)),
+        "bias": signed(nx.GATE_FRAC_BITS + 3),
     })

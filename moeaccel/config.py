@@ -103,6 +103,8 @@ class AccelConfig:
     max_d_ff: int = 1024
     max_experts: int = 64
     max_k: int = 8
+    max_groups: int = 8                        # expert groups of group-limited routing
+    expert_capacity: int = 0                   # dispatch-table slots per expert; 0: max_tokens
     max_seq_len: int = 1024
     max_heads: int = 16
     attention_group: int = 4                   # query rows that share one pass over K and V
@@ -153,6 +155,13 @@ class AccelConfig:
             fail(f"max_k must be at most max_experts={self.max_experts}, not {self.max_k}")
         if self.max_k > 16:
             fail(f"max_k must be at most 16, not {self.max_k}")
+        if not isinstance(self.max_groups, int) or not 1 <= self.max_groups <= self.max_experts:
+            fail(f"max_groups must be between 1 and max_experts={self.max_experts}, "
+                 f"not {self.max_groups!r}")
+        if not isinstance(self.expert_capacity, int) or not 0 <= self.expert_capacity \
+                <= self.max_tokens:
+            fail(f"expert_capacity must be between 0 (max_tokens) and max_tokens={self.max_tokens}, "
+                 f"not {self.expert_capacity!r}")
         if not isinstance(self.sparsity, tuple) or not all(isinstance(p, SparsityPattern)
                                                            for p in self.sparsity):
             fail(f"sparsity must be a tuple of SparsityPattern, not {self.sparsity!r}")
@@ -238,6 +247,11 @@ class AccelConfig:
         return self.weight_bank_words * self.weight_word_bytes
 
     @property
+    def dispatch_capacity(self) -> int:
+        """Dispatch-table slots per expert (tokens beyond it are counted as overflow)."""
+        return self.expert_capacity or self.max_tokens
+
+    @property
     def out_buffer_words(self) -> int:
         """Words of the output accumulator: ``mac_rows`` int32 values each."""
         return self.out_buffer_bytes // (4 * self.mac_rows)
@@ -300,6 +314,7 @@ PRESETS: dict[str, AccelConfig] = {
         name="zcu104", mac_rows=32, mac_cols=32,
         weight_buffer_bytes=1024 * 1024, act_buffer_bytes=256 * 1024, out_buffer_bytes=1024 * 1024,
         max_tokens=1024, max_d_model=8192, max_d_ff=16384, max_experts=256, max_k=8, max_seq_len=4096,
+        expert_capacity=256,
         max_heads=64, attention_group=8, axi_data_width=128, clock_mhz=200.0),
 }
 

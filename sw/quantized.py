@@ -16,7 +16,7 @@ from . import numerics as nx
 from .reference import Expert, MoELayer, MoESpec
 
 __all__ = ["quantize_tensor", "dequantize", "QuantizedLinear", "QuantizedExpert", "Routing",
-           "QuantizedRouter", "QuantizedMoE", "dispatch_table"]
+           "QuantizedRouter", "QuantizedMoE", "dispatch_table", "dispatch_overflow"]
 
 
 def _scale_of(values: torch.Tensor, dim=None) -> torch.Tensor:
@@ -193,8 +193,12 @@ class QuantizedRouter:
         return nx.requantize(acc, self.logits.multiplier, self.logits.shift, bits=16)
 
     def __call__(self, x_q: torch.Tensor) -> Routing:
+        return self.route(self.logits_q8(x_q))
+
+    def route(self, logits: torch.Tensor) -> Routing:
+        """Selection and gate weights from int16 Q8 logits ``[T, E]`` (what the router unit does)."""
         spec = self.spec
-        logits = self.logits_q8(x_q)
+        logits = torch.as_tensor(logits, dtype=torch.int64)
         if spec.router == "sigmoid_bias":
             scores = nx.sigmoid_fixed(logits)
             choice = scores + (self.score_bias if self.score_bias is not None else 0)
@@ -218,13 +222,21 @@ class QuantizedRouter:
         return Routing(experts, gates)
 
 
-def dispatch_table(routing: Routing, n_experts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per expert: the indices of its tokens (ascending) and their gate weights."""
+def dispatch_table(routing: Routing, n_experts: int,
+                   capacity: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per expert: the indices of its tokens (ascending) and their gate weights; with a `capacity`,
+    only an expert's first `capacity` tokens (the rest are overflow, see `dispatch_overflow`)."""
     table = []
     for expert_id in range(n_experts):
         tokens, slots = torch.nonzero(routing.experts == expert_id, as_tuple=True)
-        table.append((tokens, routing.gates[tokens, slots]))
+        table.append((tokens[:capacity], routing.gates[tokens, slots][:capacity]))
     return table
+
+
+def dispatch_overflow(routing: Routing, n_experts: int, capacity: int) -> int:
+    """How many (token, expert) choices a dispatch table of `capacity` slots per expert drops."""
+    counts = torch.bincount(routing.experts.reshape(-1), minlength=n_experts)
+    return int((counts - capacity).clamp(min=0).sum())
 
 
 @dataclass

@@ -1,0 +1,348 @@
+"""The router: Q8 logits in, top-k experts and their gate weights out, written into the on-chip
+dispatch table (per expert: a token count and a queue of (token, gate)) that the expert loop walks.
+
+Exactly `sw.quantized.QuantizedRouter`: the same fixed-point exp and sigmoid, the same tie rule (the
+lower expert index wins), the same normalisation by one exact reciprocal per token.
+
+Per token: load (E cycles, one logit each), group scoring when selection is group-limited (E + G),
+selection and the softmax denominator (E), the selected weights' sum (k), the reciprocal (47), the
+gates and their dispatch (k + 1).
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import AccelConfig
+from ..sw import numerics as nx
+from .arith import exp_fixed, round_shift, sigmoid_fixed
+from .layouts import RouterMode, bias_write, dispatch_entry, router_command, router_logit
+
+__all__ = ["Router", "DIVIDE_CYCLES"]
+
+KEY_BITS = 20                      # selection keys: Q8 logits, or Q15 score + Q15 bias
+DIVIDE_CYCLES = nx.RECIP_BITS + 1  # one quotient bit a cycle
+
+
+class _TopK:
+    """``size`` registers kept sorted by key (descending; equal keys keep arrival order), as an
+    insertion network: one candidate a cycle."""
+
+    def __init__(self, size: int, index_bits: int):
+        self.size = size
+        self.valid = [Signal(name=f"top{j}_valid") for j in range(size)]
+        self.key = [Signal(signed(KEY_BITS), name=f"top{j}_key") for j in range(size)]
+        self.index = [Signal(index_bits, name=f"top{j}_index") for j in range(size)]
+        self.logit = [Signal(signed(16), name=f"top{j}_logit") for j in range(size)]
+
+    def clear(self, m):
+        m.d.sync += [valid.eq(0) for valid in self.valid]
+
+    def insert(self, m, key, index, logit, k):
+        """Offer a candidate (indices arrive in increasing order); only the first `k` are kept."""
+        before = [self.valid[j] & (self.key[j] >= key) for j in range(self.size)]
+        for j in range(self.size):
+            entry = (self.valid[j], self.key[j], self.index[j], self.logit[j])
+            with m.If(~before[j] & (j < k)):
+                with m.If((j == 0) | before[j - 1] if j else Const(1)):
+                    m.d.sync += [target.eq(value) for target, value in
+                                 zip(entry, (1, key, index, logit))]
+                with m.Else():
+                    previous = (self.valid[j - 1], self.key[j - 1], self.index[j - 1],
+                                self.logit[j - 1])
+                    m.d.sync += [target.eq(value) for target, value in zip(entry, previous)]
+
+
+class Router(wiring.Component):
+    """The router of one `AccelConfig`.
+
+    Ports
+    -----
+    cmd : stream of `layouts.router_command(config)`; accepted when idle
+    logits : stream of `layouts.router_logit(config)`: each token's E logits in expert order
+    bias_write : stream of `layouts.bias_write(config)`: sigmoid_bias selection biases, while idle
+    table_read : read port of the dispatch table, address ``expert * dispatch_capacity + slot``
+    count_read : read port of the per-expert token counts
+    busy, error : a run is under way; the last command was refused
+    overflow : tokens dropped because an expert's queue was full (this run)
+    cycles : cycles of this run
+    """
+
+    def __init__(self, config: AccelConfig):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"Router needs an AccelConfig, not {config!r}")
+        self.config = config
+        capacity = config.dispatch_capacity
+        super().__init__({
+            "cmd": In(stream.Signature(router_command(config))),
+            "logits": In(stream.Signature(router_logit(config))),
+            "bias_write": In(stream.Signature(bias_write(config))),
+            "table_read": Out(memory.ReadPort.Signature(
+                addr_width=(config.max_experts * capacity - 1).bit_length(),
+                shape=dispatch_entry(config))),
+            "count_read": Out(memory.ReadPort.Signature(
+                addr_width=max(1, (config.max_experts - 1).bit_length()),
+                shape=unsigned(capacity.bit_length()))),
+            "busy": Out(1),
+            "error": Out(1),
+            "overflow": Out(32),
+            "cycles": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self.config
+        experts, capacity = config.max_experts, config.dispatch_capacity
+        busy = self.busy
+        command = Signal(router_command(config))
+        mode = command.mode
+        grouped = (mode == RouterMode.SIGMOID_BIAS) & (command.groups > 1)
+
+        # -- memories
+        m.submodules.logit_buffer = logit_buffer = memory.Memory(
+            shape=signed(16), depth=experts, init=[])
+        m.submodules.bias = bias = memory.Memory(
+            shape=signed(nx.GATE_FRAC_BITS + 3), depth=experts, init=[])
+        m.submodules.counts = counts = memory.Memory(
+            shape=unsigned(capacity.bit_length()), depth=experts, init=[])
+        m.submodules.table = table = memory.Memory(
+            shape=dispatch_entry(config), depth=experts * capacity, init=[])
+        logit_write, logit_read = logit_buffer.write_port(), logit_buffer.read_port()
+        bias_port, bias_read = bias.write_port(), bias.read_port()
+        count_write, count_read = counts.write_port(), counts.read_port()
+        table_write = table.write_port()
+        for outer, inner in ((self.table_read, table.read_port()),
+                             (self.count_read, counts.read_port())):
+            m.d.comb += [inner.addr.eq(outer.addr), inner.en.eq(outer.en),
+                         outer.data.eq(inner.data)]
+
+        m.d.comb += [
+            self.bias_write.ready.eq(~busy),
+            bias_port.addr.eq(self.bias_write.p.expert),
+            bias_port.data.eq(self.bias_write.p.bias),
+            bias_port.en.eq(self.bias_write.valid & ~busy),
+            self.cmd.ready.eq(~busy),
+        ]
+
+        token = Signal(range(config.max_tokens))
+        expert = Signal(range(experts + 1))          # scan position
+        scanned = Signal()                           # read data of the previous scan step present
+        scanned_expert = Signal(range(experts))
+        group_position = Signal(range(experts + 1))  # position inside the scanned expert's group
+        group = Signal(range(config.max_groups + 1))
+        top = _TopK(config.max_k, max(1, (experts - 1).bit_length()))
+        groups = _TopK(config.max_groups, max(1, (config.max_groups - 1).bit_length()))
+        group_best = [Signal(signed(KEY_BITS), name=f"group_best{n}") for n in range(2)]
+        group_found = Signal(2)
+        group_scores = [Signal(signed(KEY_BITS + 1), name=f"group_score{g}")
+                        for g in range(config.max_groups)]
+        group_kept = Signal(config.max_groups)
+        maximum = Signal(signed(16))
+        total = Signal(nx.GATE_FRAC_BITS + 1 + (experts - 1).bit_length() + 1)
+        quotient = Signal(nx.RECIP_BITS + 1)
+        remainder = Signal(len(total) + 1)
+        step = Signal(range(max(config.max_k, config.max_groups, DIVIDE_CYCLES) + 2))
+
+        # Shared arithmetic: one exp and one sigmoid unit, inputs chosen by phase.
+        exp_input = Signal(signed(17))
+        exp_value = Signal(nx.GATE_FRAC_BITS + 1)
+        sigmoid_input = Signal(signed(16))
+        sigmoid_value = Signal(nx.GATE_FRAC_BITS + 1)
+        m.d.comb += [exp_value.eq(exp_fixed(exp_input)),
+                     sigmoid_value.eq(sigmoid_fixed(sigmoid_input))]
+
+        # The scanned expert's selection key.
+        key = Signal(signed(KEY_BITS))
+        m.d.comb += sigmoid_input.eq(logit_read.data)
+        with m.If(mode == RouterMode.SIGMOID_BIAS):
+            m.d.comb += key.eq(sigmoid_value + bias_read.data)
+        with m.Else():
+            m.d.comb += key.eq(logit_read.data)
+        m.d.comb += [logit_read.addr.eq(expert), bias_read.addr.eq(expert),
+                     logit_read.en.eq(1), bias_read.en.eq(1)]
+
+        request = self.cmd.p
+        illegal = Signal()
+        m.d.comb += illegal.eq(
+            (request.tokens == 0) | (request.tokens > config.max_tokens)
+            | (request.experts == 0) | (request.experts > experts)
+            | (request.k == 0) | (request.k > request.experts) | (request.k > config.max_k)
+            | ((request.mode == RouterMode.TOP1) & (request.k != 1))
+            | (request.groups == 0) | (request.groups > config.max_groups)
+            | ((request.groups > 1) & ((request.mode != RouterMode.SIGMOID_BIAS)
+                                       | (request.group_size * request.groups != request.experts)
+                                       | (request.group_size < 2) | (request.topk_groups == 0)
+                                       | (request.topk_groups > request.groups)
+                                       | (request.k > request.topk_groups * request.group_size))))
+
+        with m.If(busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.cmd.valid):
+                    m.d.sync += self.error.eq(illegal)
+                    with m.If(~illegal):
+                        m.d.sync += [busy.eq(1), command.eq(request), token.eq(0), expert.eq(0),
+                                     self.overflow.eq(0), self.cycles.eq(0)]
+                        m.next = "CLEAR"
+
+            with m.State("CLEAR"):                 # every expert's count to zero
+                m.d.comb += [count_write.addr.eq(expert), count_write.data.eq(0),
+                             count_write.en.eq(1)]
+                m.d.sync += expert.eq(expert + 1)
+                with m.If(expert == command.experts - 1):
+                    m.d.sync += expert.eq(0)
+                    m.next = "LOAD"
+
+            with m.State("LOAD"):                  # the token's logits into the buffer
+                m.d.comb += [self.logits.ready.eq(1), logit_write.addr.eq(expert),
+                             logit_write.data.eq(self.logits.p.value),
+                             logit_write.en.eq(self.logits.valid)]
+                with m.If(self.logits.valid):
+                    m.d.sync += expert.eq(expert + 1)
+                    with m.If((expert == 0) | (self.logits.p.value > maximum)):
+                        m.d.sync += maximum.eq(self.logits.p.value)
+                    with m.If(expert == command.experts - 1):
+                        m.d.sync += [expert.eq(0), scanned.eq(0), group_position.eq(0),
+                                     group.eq(0), group_found.eq(0), total.eq(0)]
+                        top.clear(m)
+                        groups.clear(m)
+                        with m.If(grouped):
+                            m.next = "GROUPS"
+                        with m.Else():
+                            m.d.sync += group_kept.eq(-1)
+                            m.next = "SELECT"
+
+            with m.State("GROUPS"):                # each group's score: its two best keys
+                with m.If(expert < command.experts):
+                    m.d.sync += [expert.eq(expert + 1), scanned.eq(1)]
+                with m.Else():
+                    m.d.sync += scanned.eq(0)
+                with m.If(scanned):
+                    last_in_group = group_position == command.group_size - 1
+                    better = [~group_found[n] | (key > group_best[n]) for n in range(2)]
+                    first, second = Signal(signed(KEY_BITS)), Signal(signed(KEY_BITS))
+                    m.d.comb += [
+                        first.eq(Mux(better[0], key, group_best[0])),
+                        second.eq(Mux(better[0], group_best[0], Mux(better[1], key,
+                                                                     group_best[1]))),
+                    ]
+                    m.d.sync += [group_best[0].eq(first), group_best[1].eq(second),
+                                 group_found.eq(Cat(1, group_found[0]))]
+                    with m.If(last_in_group):
+                        m.d.sync += [group_position.eq(0), group.eq(group + 1),
+                                     group_found.eq(0)]
+                        for g in range(config.max_groups):
+                            with m.If(group == g):
+                                m.d.sync += group_scores[g].eq(first + second)
+                        with m.If(group == command.groups - 1):
+                            m.d.sync += [expert.eq(0), step.eq(0)]
+                            m.next = "PICK_GROUPS"
+                    with m.Else():
+                        m.d.sync += group_position.eq(group_position + 1)
+
+            with m.State("PICK_GROUPS"):           # the best topk_groups groups
+                scores = group_scores[0]
+                for g in range(1, config.max_groups):
+                    scores = Mux(step == g, group_scores[g], scores)
+                with m.If(step < command.groups):
+                    groups.insert(m, scores, step, 0, command.topk_groups)
+                    m.d.sync += step.eq(step + 1)
+                with m.Else():
+                    kept = 0
+                    for j in range(config.max_groups):
+                        kept = kept | Mux(groups.valid[j], Const(1, config.max_groups)
+                                          << groups.index[j], 0)
+                    m.d.sync += [group_kept.eq(kept), expert.eq(0), scanned.eq(0),
+                                 group_position.eq(0), group.eq(0)]
+                    m.next = "SELECT"
+
+            with m.State("SELECT"):                # top-k, and the softmax denominator over all
+                with m.If(expert < command.experts):
+                    m.d.sync += [expert.eq(expert + 1), scanned.eq(1),
+                                 scanned_expert.eq(expert)]
+                with m.Else():
+                    m.d.sync += scanned.eq(0)
+                with m.If(scanned):
+                    m.d.comb += exp_input.eq(logit_read.data - maximum)
+                    with m.If(group_kept.bit_select(group, 1)):
+                        top.insert(m, key, scanned_expert, logit_read.data, command.k)
+                    m.d.sync += total.eq(total + exp_value)
+                    with m.If(group_position == command.group_size - 1):
+                        m.d.sync += [group_position.eq(0), group.eq(group + 1)]
+                    with m.Else():
+                        m.d.sync += group_position.eq(group_position + 1)
+                    with m.If(scanned_expert == command.experts - 1):
+                        m.d.sync += step.eq(0)
+                        with m.If((mode == RouterMode.SOFTMAX_TOPK) | (mode == RouterMode.TOP1)):
+                            m.next = "DIVIDE_START"
+                        with m.Else():
+                            m.d.sync += total.eq(0)
+                            m.next = "SUM"
+
+            def numerator(i):
+                """Phase input for the i-th chosen expert: its exp or sigmoid value."""
+                logit = top.logit[0]
+                for j in range(1, config.max_k):
+                    logit = Mux(i == j, top.logit[j], logit)
+                base = Mux(mode == RouterMode.SOFTMAX_TOPK_RENORM, top.logit[0], maximum)
+                m.d.comb += [exp_input.eq(logit - base)]
+                return Mux(mode == RouterMode.SIGMOID_BIAS, sigmoid_fixed(logit), exp_value)
+
+            with m.State("SUM"):                   # the chosen experts' weights, summed
+                m.d.sync += [total.eq(total + numerator(step)), step.eq(step + 1)]
+                with m.If(step == command.k - 1):
+                    m.next = "DIVIDE_START"
+
+            with m.State("DIVIDE_START"):
+                m.d.sync += [quotient.eq(0), remainder.eq(0), step.eq(0)]
+                m.next = "DIVIDE"
+
+            with m.State("DIVIDE"):                # 2**46 // total, one quotient bit a cycle
+                shifted = Cat(step == 0, remainder)    # the dividend's only set bit comes first
+                with m.If(shifted >= total):
+                    m.d.sync += [remainder.eq(shifted - total),
+                                 quotient.eq(Cat(1, quotient))]
+                with m.Else():
+                    m.d.sync += [remainder.eq(shifted), quotient.eq(Cat(0, quotient))]
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == DIVIDE_CYCLES - 1):
+                    m.d.sync += step.eq(0)
+                    m.next = "GATES"
+
+            with m.State("GATES"):                 # gate weights, into the experts' queues
+                chosen = top.index[0]
+                for j in range(1, config.max_k):
+                    chosen = Mux(step == j, top.index[j], chosen)
+                gate = Signal(nx.GATE_FRAC_BITS + 1)
+                m.d.comb += gate.eq(round_shift(numerator(step) * quotient,
+                                                nx.RECIP_BITS - nx.GATE_FRAC_BITS))
+                pending = Signal()
+                pending_expert = Signal.like(scanned_expert)
+                pending_gate = Signal.like(gate)
+                m.d.comb += [count_read.addr.eq(chosen), count_read.en.eq(1)]
+                m.d.sync += [pending.eq(step < command.k), pending_expert.eq(chosen),
+                             pending_gate.eq(gate), step.eq(step + 1)]
+                with m.If(pending):
+                    slot = count_read.data
+                    with m.If(slot < capacity):
+                        m.d.comb += [
+                            table_write.addr.eq(pending_expert * capacity + slot),
+                            table_write.data.token.eq(token),
+                            table_write.data.gate.eq(pending_gate),
+                            table_write.en.eq(1),
+                            count_write.addr.eq(pending_expert),
+                            count_write.data.eq(slot + 1),
+                            count_write.en.eq(1),
+                        ]
+                    with m.Else():
+                        m.d.sync += self.overflow.eq(self.overflow + 1)
+                with m.If(step == command.k):
+                    m.d.sync += [step.eq(0), expert.eq(0), token.eq(token + 1)]
+                    with m.If(token == command.tokens - 1):
+                        m.d.sync += busy.eq(0)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "LOAD"
+        return m

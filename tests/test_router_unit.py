@@ -1,0 +1,97 @@
+"""Fast check of the router in Amaranth's simulator against sw.quantized.QuantizedRouter.route."""
+
+import random
+
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from moeaccel.config import preset
+from moeaccel.hw.layouts import RouterMode, bias_write, router_command
+from moeaccel.hw.router import Router
+from moeaccel.sw.quantized import QuantizedRouter, dispatch_table
+from moeaccel.sw.reference import MoESpec
+
+
+def reference(spec, logits, bias):
+    router = QuantizedRouter(spec, logits=None, score_bias=bias)
+    return router.route(logits)
+
+
+def simulate(config, spec, logits, bias):
+    dut = Router(config)
+    tokens, experts = logits.shape
+    group_size = experts // spec.n_groups
+    command = router_command(config).const({
+        "tokens": tokens, "experts": experts, "k": spec.k, "mode": RouterMode.named(spec.router),
+        "groups": spec.n_groups, "group_size": group_size if spec.n_groups > 1 else 0,
+        "topk_groups": spec.topk_groups})
+    table, counts = {}, []
+
+    async def drive(ctx):
+        if bias is not None:
+            for expert, value in enumerate(bias.tolist()):
+                ctx.set(dut.bias_write.valid, 1)
+                ctx.set(dut.bias_write.payload, {"expert": expert, "bias": value})
+                await ctx.tick()
+            ctx.set(dut.bias_write.valid, 0)
+        ctx.set(dut.cmd.valid, 1)
+        ctx.set(dut.cmd.payload, command)
+        await ctx.tick()
+        ctx.set(dut.cmd.valid, 0)
+        assert not ctx.get(dut.error)
+        for token in range(tokens):
+            for expert in range(experts):
+                ctx.set(dut.logits.valid, 1)
+                ctx.set(dut.logits.payload, {"value": int(logits[token, expert])})
+                await ctx.tick().until(dut.logits.ready)
+            ctx.set(dut.logits.valid, 0)
+        while ctx.get(dut.busy):
+            await ctx.tick()
+        for expert in range(experts):
+            ctx.set(dut.count_read.addr, expert)
+            ctx.set(dut.count_read.en, 1)
+            await ctx.tick()
+            count = ctx.get(dut.count_read.data)
+            counts.append(count)
+            for slot in range(count):
+                ctx.set(dut.table_read.addr, expert * config.dispatch_capacity + slot)
+                ctx.set(dut.table_read.en, 1)
+                await ctx.tick()
+                entry = ctx.get(dut.table_read.data)
+                table[(expert, slot)] = (entry.token, entry.gate)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(drive)
+    sim.run()
+    return counts, table
+
+
+CASES = [
+    MoESpec(8, 8, 8, 2, router="softmax_topk_renorm"),
+    MoESpec(8, 8, 6, 3, router="softmax_topk"),
+    MoESpec(8, 8, 5, 1, router="top1"),
+    MoESpec(8, 8, 8, 3, router="sigmoid_bias"),
+    MoESpec(8, 8, 16, 4, router="sigmoid_bias", n_groups=4, topk_groups=2),
+    MoESpec(8, 8, 4, 4, router="softmax_topk"),                       # k = E
+]
+
+
+@pytest.mark.parametrize("spec", CASES, ids=lambda spec: f"{spec.router}-E{spec.n_experts}-k{spec.k}")
+def test_router_matches_reference(spec):
+    config = preset("tiny")
+    generator = torch.Generator().manual_seed(spec.n_experts * 7 + spec.k)
+    tokens = 6
+    logits = torch.randint(-900, 900, (tokens, spec.n_experts), generator=generator)
+    logits[1] = 100                                     # every expert tied
+    logits[2, :] = logits[2, 0]                         # the same, another value
+    bias = torch.randint(-3000, 3000, (spec.n_experts,), generator=generator) \
+        if spec.router == "sigmoid_bias" else None
+    routing = reference(spec, logits, bias)
+    counts, table = simulate(config, spec, logits, bias)
+    expected = dispatch_table(routing, spec.n_experts)
+    assert counts == [int(tokens_.numel()) for tokens_, _ in expected]
+    for expert, (tokens_, gates) in enumerate(expected):
+        for slot, (token, gate) in enumerate(zip(tokens_.tolist(), gates.tolist())):
+            assert table[(expert, slot)] == (token, gate), (expert, slot)
