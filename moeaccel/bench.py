@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import SparsityPattern, preset
 
-__all__ = ["bench_expert_ffn", "sweep", "add_arguments"]
+__all__ = ["bench_expert_ffn", "bench_router", "sweep", "add_arguments"]
 
 
 def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dense",
@@ -57,6 +57,43 @@ def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dens
         "weight_wait_cycles": report["weight_wait"], "output_wait_cycles": report["output_wait"],
         "bit_exact": report["mismatches"] == 0,
     }
+
+
+def bench_router(tokens: int, experts: int, k: int, mode: str, config_name: str = "pynq-z2",
+                 groups: int = 1, topk_groups: int = 1, seed: int = 0) -> dict:
+    """Route `tokens` tokens of random logits through the router RTL; cycles and bit-exactness of
+    the dispatch table."""
+    from .hw.router import Router
+    from .sim.harness import run_cocotb
+    from .sw.reference import MoESpec
+
+    config = preset(config_name)
+    MoESpec(8, 8, experts, k, router=mode, n_groups=groups, topk_groups=topk_groups)  # validates
+    for name, value, limit in (("tokens", tokens, config.max_tokens),
+                               ("experts", experts, config.max_experts), ("k", k, config.max_k),
+                               ("groups", groups, config.max_groups)):
+        if value > limit:
+            raise ValueError(f"{name}={value} exceeds the {config.name} configuration's limit "
+                             f"of {limit}")
+    case = dict(mode=mode, experts=experts, k=k, tokens=tokens, logits="random", seed=seed,
+                groups=groups, topk_groups=topk_groups, idle=0.0)
+    with tempfile.TemporaryDirectory() as scratch:
+        report_file = Path(scratch) / "report.json"
+        print(f"simulating the router: {tokens} tokens, E={experts}, k={k}, {mode} on "
+              f"{config.name} ...", file=sys.stderr, flush=True)
+        try:
+            run_cocotb(Router(config), toplevel="router", test_module="moeaccel.sim.tb.router",
+                       build_key=config.name, timeout_s=3600, log_file=Path(scratch) / "sim.log",
+                       parameters={"config": config.name, "overrides": {}, "cases": [case],
+                                   "report_file": str(report_file)})
+        except AssertionError:
+            if not report_file.exists():
+                raise
+        (report,) = json.loads(report_file.read_text())
+    return {"block": "router", "config": config.name, "tokens": tokens, "experts": experts,
+            "k": k, "mode": mode, "cycles": report["cycles"],
+            "cycles_per_token": round(report["cycles_per_token"], 2),
+            "overflow": report["overflow"], "bit_exact": not report["mismatches"]}
 
 
 def _check_shape(config, tokens, d_model, d_ff, pattern, activation):
@@ -119,6 +156,18 @@ def add_arguments(commands) -> None:
     ffn.add_argument("--seed", type=int, default=0)
     ffn.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ffn.set_defaults(run=_run_expert_ffn)
+    router = blocks.add_parser("router", help="tokens through the router into the dispatch table")
+    router.add_argument("--tokens", type=int, required=True)
+    router.add_argument("--experts", type=int, required=True)
+    router.add_argument("--k", type=int, required=True)
+    router.add_argument("--mode", required=True,
+                        choices=("softmax_topk_renorm", "softmax_topk", "top1", "sigmoid_bias"))
+    router.add_argument("--groups", type=int, default=1)
+    router.add_argument("--topk-groups", type=int, default=1)
+    router.add_argument("--config", default="pynq-z2", help="preset (default pynq-z2)")
+    router.add_argument("--seed", type=int, default=0)
+    router.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    router.set_defaults(run=_run_router)
     table = blocks.add_parser("sweep", help="a sweep of expert shapes, written as a table")
     table.add_argument("--out", type=Path, default=Path("build/bench/expert_ffn.md"))
     table.add_argument("--config", default="pynq-z2")
@@ -126,14 +175,22 @@ def add_arguments(commands) -> None:
         row["bit_exact"] for row in sweep(args.out, args.config)) else 1)
 
 
-def _run_expert_ffn(args) -> int:
-    result = bench_expert_ffn(args.tokens, args.d_model, args.d_ff, args.sparsity, args.activation,
-                              args.config, args.seed)
-    if args.json:
+def _run_router(args) -> int:
+    return _print(bench_router(args.tokens, args.experts, args.k, args.mode, args.config,
+                               args.groups, args.topk_groups, args.seed), args.json)
+
+
+def _print(result: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key:>20}: {value}")
     return 0 if result["bit_exact"] else 1
+
+
+def _run_expert_ffn(args) -> int:
+    return _print(bench_expert_ffn(args.tokens, args.d_model, args.d_ff, args.sparsity,
+                                   args.activation, args.config, args.seed), args.json)
 
 
