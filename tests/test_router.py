@@ -49,3 +49,23 @@ def test_router_counts_overflow_of_full_queues():
     run_router("tiny", [_case("softmax_topk", 4, 2, 20, "one_expert", seed=90),
                         _case("top1", 3, 1, 17, "random", seed=91)],
                overrides={"expert_capacity": 5})
+
+
+@pytest.mark.sim
+def test_bench_router_reports_cycles(capsys):
+    import json
+    from moeaccel.cli import main
+    assert main(["bench", "router", "--tokens", "5", "--experts", "8", "--k", "2", "--mode",
+                 "softmax_topk_renorm", "--config", "tiny", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["bit_exact"] is True and result["overflow"] == 0
+    # load 8, select 8 + 1, sum 2, divide 1 + 47, gates 2 + 1 cycles a token, plus the clear
+    assert 5 * (8 + 9 + 2 + 48 + 3) <= result["cycles"] <= 5 * (8 + 9 + 2 + 48 + 3) + 8 + 10
+    assert result["cycles_per_token"] == pytest.approx(result["cycles"] / 5, abs=0.01)
+
+
+def test_bench_router_refuses_what_the_configuration_cannot_hold(capsys):
+    from moeaccel.cli import main
+    assert main(["bench", "router", "--tokens", "5", "--experts", "300", "--k", "2", "--mode",
+                 "softmax_topk", "--config", "tiny"]) == 2
+    assert "experts=300 exceeds the tiny configuration's limit of 64" in capsys.readouterr().err
