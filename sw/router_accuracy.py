@@ -63,9 +63,35 @@ def _margins(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def router_agreement(spec: MoESpec, tokens: int = 10_000, seed: int = 0,
-                     logit_std: float = 1.5) -> dict:
-    """Route `tokens` Gaussian tokens with a random router whose logits have about `logit_std`
-    spread (like trained routers); compare the integer router's expert sets with the float one's."""
+                     logit_std: float = 1.5, min_non_tied: int = 0,
+                     batch: int = 50_000) -> dict:
+    """Route Gaussian tokens with a random router whose logits have about `logit_std` spread (like
+    trained routers); compare the integer router's expert sets with the float one's. At least
+    `tokens` tokens, and more (in batches) until `min_non_tied` of them are non-tied."""
+    counts = {"tokens": 0, "non_tied": 0, "same_non_tied": 0, "same": 0}
+    bounds = []
+    round_seed = seed
+    while counts["tokens"] < tokens or counts["non_tied"] < min_non_tied:
+        size = tokens if counts["tokens"] == 0 else batch
+        part = _agreement_batch(spec, size, seed, round_seed, logit_std)
+        for name in counts:
+            counts[name] += part[name]
+        bounds.append(part["median_bound"])
+        round_seed += 1
+    return {
+        "tokens": counts["tokens"],
+        "non_tied": counts["non_tied"],
+        "non_tied_fraction": counts["non_tied"] / counts["tokens"],
+        "agreement_non_tied": (counts["same_non_tied"] / counts["non_tied"]
+                               if counts["non_tied"] else 1.0),
+        "agreement_all": counts["same"] / counts["tokens"],
+        "median_logit_bound": float(torch.tensor(bounds).median()),
+    }
+
+
+def _agreement_batch(spec: MoESpec, tokens: int, seed: int, batch_seed: int,
+                     logit_std: float) -> dict:
+    """One batch of tokens (drawn from `batch_seed`) through the layer of `seed`."""
     torch.manual_seed(seed)
     layer = MoELayer(spec).eval()
     with torch.no_grad():
@@ -74,7 +100,8 @@ def router_agreement(spec: MoESpec, tokens: int = 10_000, seed: int = 0,
             layer.score_bias.normal_(0, 0.05)
     generator = torch.Generator().manual_seed(seed + 1)
     quantized = QuantizedMoE.from_float(layer, torch.randn(4096, spec.d_model, generator=generator))
-    x = torch.randn(tokens, spec.d_model, generator=generator)
+    x = torch.randn(tokens, spec.d_model,
+                    generator=torch.Generator().manual_seed(1_000_003 * (batch_seed + 1)))
     with torch.no_grad():
         logits = layer.router(x).to(torch.float64)
         float_experts, _ = route_float(spec, logits.float(), layer.score_bias)
@@ -103,22 +130,21 @@ def router_agreement(spec: MoESpec, tokens: int = 10_000, seed: int = 0,
         worst = bound.max(1).values
         tied = _margins(logits, spec.k) <= 2 * worst
     non_tied = ~tied
-    return {
-        "tokens": tokens,
-        "non_tied_fraction": float(non_tied.double().mean()),
-        "agreement_non_tied": float(same[non_tied].double().mean()) if non_tied.any() else 1.0,
-        "agreement_all": float(same.double().mean()),
-        "median_logit_bound": float(bound.median()),
-    }
+    return {"tokens": tokens, "non_tied": int(non_tied.sum()),
+            "same_non_tied": int((same & non_tied).sum()), "same": int(same.sum()),
+            "median_bound": float(bound.median())}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=10_000)
+    parser.add_argument("--min-non-tied", type=int, default=10_000,
+                        help="route more tokens until this many are non-tied")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    rows = {name: router_agreement(spec, args.tokens, args.seed)
+    rows = {name: router_agreement(spec, args.tokens, args.seed,
+                                   min_non_tied=args.min_non_tied)
             for name, spec in ROUTER_SPECS.items()}
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -126,7 +152,7 @@ def main(argv=None):
     print("| router | tokens | non-tied | agreement (non-tied) | agreement (all) | median bound |")
     print("|---|---|---|---|---|---|")
     for name, row in rows.items():
-        print(f"| {name} | {row['tokens']} | {row['non_tied_fraction']:.3f} | "
+        print(f"| {name} | {row['tokens']} | {row['non_tied']} ({row['non_tied_fraction']:.3f}) | "
               f"{row['agreement_non_tied']:.4f} | {row['agreement_all']:.4f} | "
               f"{row['median_logit_bound']:.4f} |")
 
