@@ -13,7 +13,7 @@ from ..sw.reference import ROUTER_MODES
 __all__ = ["CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out", "weight_word",
            "pattern_bits", "mac_in", "mac_out", "ffn_tag", "ffn_command", "ffn_out", "act_write",
            "params_write", "gate_entry", "gates_write", "RouterMode", "router_command",
-           "dispatch_entry", "router_logit", "bias_write"]
+           "dispatch_entry", "router_logit", "bias_write", "router_token", "router_weight_write"]
 
 # Per-channel epilogue parameters.
 CHANNEL_PARAMS = data.StructLayout({
@@ -205,7 +205,8 @@ def router_command(config) -> data.StructLayout:
     """A routing run: ``tokens`` tokens of ``experts`` logits each, ``k`` chosen per token; under
     ``sigmoid_bias``, selection limited to the best ``topk_groups`` of ``groups`` groups of
     ``group_size`` consecutive experts (``groups == 1``: no limit). The dispatch table's counts are
-    cleared first."""
+    cleared first. ``compute``: the logits come from the router's own GEMM over tokens of ``chunks``
+    words (`router_token`) and the loaded router weights, instead of the `logits` stream."""
     return data.StructLayout({
         "tokens": unsigned(config.max_tokens.bit_length()),
         "experts": unsigned(config.max_experts.bit_length()),
@@ -214,6 +215,8 @@ def router_command(config) -> data.StructLayout:
         "groups": unsigned(config.max_groups.bit_length()),
         "group_size": unsigned(config.max_experts.bit_length()),
         "topk_groups": unsigned(config.max_groups.bit_length()),
+        "compute": unsigned(1),
+        "chunks": unsigned(config.router_chunks.bit_length()),
     })
 
 
@@ -235,4 +238,21 @@ def bias_write(config) -> data.StructLayout:
     return data.StructLayout({
         "expert": unsigned(_index_bits(config.max_experts)),
         "bias": signed(nx.GATE_FRAC_BITS + 3),
+    })
+
+
+def router_token(config) -> data.StructLayout:
+    """``router_lanes`` int8 activations of a token; a token is ``chunks`` of them, in order."""
+    return data.StructLayout({"data": data.ArrayLayout(signed(8), config.router_lanes)})
+
+
+def router_weight_write(config) -> data.StructLayout:
+    """``router_lanes`` int8 router weights: word `chunk` of expert `expert`'s row, with the
+    requantisation of that expert's logit (int32 accumulator to Q8)."""
+    return data.StructLayout({
+        "expert": unsigned(_index_bits(config.max_experts)),
+        "chunk": unsigned(_index_bits(config.router_chunks)),
+        "data": data.ArrayLayout(signed(8), config.router_lanes),
+        "multiplier": unsigned(nx.MULT_BITS),
+        "shift": unsigned(nx.SHIFT_BITS),
     })

@@ -4,19 +4,24 @@ dispatch table (per expert: a token count and a queue of (token, gate)) that the
 Exactly `sw.quantized.QuantizedRouter`: the same fixed-point exp and sigmoid, the same tie rule (the
 lower expert index wins), the same normalisation by one exact reciprocal per token.
 
-Per token: load (E cycles, one logit each), group scoring when selection is group-limited (E + G),
+The logits either arrive on a stream, or come from the router's own GEMM: ``router_lanes`` int8 MACs
+over the token and the loaded router weights (E x chunks cycles a token), each expert's dot product
+requantised to Q8 as `QuantizedRouter.logits_q8` does.
+
+Per token: load (E cycles, one logit each, or the GEMM), group scoring when selection is group-limited (E + G),
 selection and the softmax denominator (E), the selected weights' sum (k), the reciprocal (47), the
 gates and their dispatch (k + 1).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..sw import numerics as nx
-from .arith import exp_fixed, round_shift, sigmoid_fixed
-from .layouts import RouterMode, bias_write, dispatch_entry, router_command, router_logit
+from .arith import exp_fixed, round_shift, round_shift_saturate, sigmoid_fixed
+from .layouts import (RouterMode, bias_write, dispatch_entry, router_command, router_logit,
+                      router_token, router_weight_write)
 
 __all__ = ["Router", "DIVIDE_CYCLES"]
 
@@ -60,6 +65,8 @@ class Router(wiring.Component):
     -----
     cmd : stream of `layouts.router_command(config)`; accepted when idle
     logits : stream of `layouts.router_logit(config)`: each token's E logits in expert order
+    tokens : stream of `layouts.router_token(config)`: each token's activations (``compute`` runs)
+    weights_write : stream of `layouts.router_weight_write(config)`: router weights, while idle
     bias_write : stream of `layouts.bias_write(config)`: sigmoid_bias selection biases, while idle
     table_read : read port of the dispatch table, address ``expert * dispatch_capacity + slot``
     count_read : read port of the per-expert token counts
@@ -76,6 +83,8 @@ class Router(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(router_command(config))),
             "logits": In(stream.Signature(router_logit(config))),
+            "tokens": In(stream.Signature(router_token(config))),
+            "weights_write": In(stream.Signature(router_weight_write(config))),
             "bias_write": In(stream.Signature(bias_write(config))),
             "table_read": Out(memory.ReadPort.Signature(
                 addr_width=(config.max_experts * capacity - 1).bit_length(),
@@ -107,6 +116,16 @@ class Router(wiring.Component):
             shape=unsigned(capacity.bit_length()), depth=experts, init=[])
         m.submodules.table = table = memory.Memory(
             shape=dispatch_entry(config), depth=experts * capacity, init=[])
+        lanes, row_words = config.router_lanes, config.router_chunks
+        m.submodules.router_weights = router_weights = memory.Memory(
+            shape=data.ArrayLayout(signed(8), lanes), depth=experts * row_words, init=[])
+        m.submodules.logit_params = logit_params = memory.Memory(
+            shape=unsigned(nx.MULT_BITS + nx.SHIFT_BITS), depth=experts, init=[])
+        m.submodules.token_buffer = token_buffer = memory.Memory(
+            shape=data.ArrayLayout(signed(8), lanes), depth=row_words, init=[])
+        weights_port, weights_read = router_weights.write_port(), router_weights.read_port()
+        params_port, params_read = logit_params.write_port(), logit_params.read_port()
+        token_port, token_read = token_buffer.write_port(), token_buffer.read_port()
         logit_write, logit_read = logit_buffer.write_port(), logit_buffer.read_port()
         bias_port, bias_read = bias.write_port(), bias.read_port()
         count_write, count_read = counts.write_port(), counts.read_port()
@@ -122,6 +141,14 @@ class Router(wiring.Component):
             bias_port.data.eq(self.bias_write.p.bias),
             bias_port.en.eq(self.bias_write.valid & ~busy),
             self.cmd.ready.eq(~busy),
+            self.weights_write.ready.eq(~busy),
+            weights_port.addr.eq(self.weights_write.p.expert * row_words
+                                 + self.weights_write.p.chunk),
+            weights_port.data.eq(self.weights_write.p.data),
+            weights_port.en.eq(self.weights_write.valid & ~busy),
+            params_port.addr.eq(self.weights_write.p.expert),
+            params_port.data.eq(Cat(self.weights_write.p.multiplier, self.weights_write.p.shift)),
+            params_port.en.eq(self.weights_write.valid & ~busy),
         ]
 
         token = Signal(range(config.max_tokens))
@@ -169,6 +196,7 @@ class Router(wiring.Component):
             | (request.k == 0) | (request.k > request.experts) | (request.k > config.max_k)
             | ((request.mode == RouterMode.TOP1) & (request.k != 1))
             | (request.groups == 0) | (request.groups > config.max_groups)
+            | (request.compute & ((request.chunks == 0) | (request.chunks > row_words)))
             | ((request.groups > 1) & ((request.mode != RouterMode.SIGMOID_BIAS)
                                        | (request.group_size * request.groups != request.experts)
                                        | (request.group_size < 2) | (request.topk_groups == 0)
@@ -177,6 +205,56 @@ class Router(wiring.Component):
 
         with m.If(busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
+
+        # -- the logits GEMM: read (1), multiply (2), add (3), accumulate (4), requantise (5)
+        chunk_counter = Signal(range(row_words + 1))
+        issuing = Signal()
+        gemm_valid = [Signal(name=f"gemm{n}_valid") for n in range(1, 5)]
+        gemm_first = [Signal(name=f"gemm{n}_first") for n in range(1, 5)]
+        gemm_last = [Signal(name=f"gemm{n}_last") for n in range(1, 5)]
+        gemm_expert = [Signal(range(experts), name=f"gemm{n}_expert") for n in range(1, 5)]
+        gemm_params = [Signal(nx.MULT_BITS + nx.SHIFT_BITS, name=f"gemm{n}_params")
+                       for n in range(2, 5)]
+        products = [Signal(signed(16), name=f"gemm_product{lane}") for lane in range(lanes)]
+        row_sum = Signal(signed(16 + lanes.bit_length()))
+        accumulator = Signal(signed(32))
+        result_valid = Signal()
+        result_expert = Signal(range(experts))
+        result = Signal(signed(16))
+        m.d.sync += [gemm_valid[n].eq(gemm_valid[n - 1]) for n in range(1, 4)]
+        m.d.sync += [gemm_first[n].eq(gemm_first[n - 1]) for n in range(1, 4)]
+        m.d.sync += [gemm_last[n].eq(gemm_last[n - 1]) for n in range(1, 4)]
+        m.d.sync += [gemm_expert[n].eq(gemm_expert[n - 1]) for n in range(1, 4)]
+        m.d.sync += [gemm_params[0].eq(params_read.data),
+                     gemm_params[1].eq(gemm_params[0]), gemm_params[2].eq(gemm_params[1])]
+        m.d.comb += [weights_read.en.eq(1), token_read.en.eq(1), params_read.en.eq(1)]
+        for lane in range(lanes):
+            m.d.sync += products[lane].eq(weights_read.data[lane] * token_read.data[lane])
+        terms = list(products)
+        while len(terms) > 1:
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                     for i in range(0, len(terms), 2)]
+        m.d.sync += row_sum.eq(terms[0])
+        with m.If(gemm_valid[2]):
+            m.d.sync += accumulator.eq(Mux(gemm_first[2], row_sum, accumulator + row_sum))
+        multiplier, shift = gemm_params[2][:nx.MULT_BITS], gemm_params[2][nx.MULT_BITS:]
+        m.d.sync += [
+            result_valid.eq(gemm_valid[3] & gemm_last[3]),
+            result_expert.eq(gemm_expert[3]),
+            result.eq(round_shift_saturate(accumulator * multiplier, shift, nx.SHIFT_MAX, 16)),
+        ]
+
+        def start_selection():
+            """The token's logits are in: scan them."""
+            m.d.sync += [expert.eq(0), scanned.eq(0), group_position.eq(0), group.eq(0),
+                         group_found.eq(0), total.eq(0)]
+            top.clear(m)
+            groups.clear(m)
+            with m.If(grouped):
+                m.next = "GROUPS"
+            with m.Else():
+                m.d.sync += group_kept.eq(-1)
+                m.next = "SELECT"
 
         with m.FSM():
             with m.State("IDLE"):
@@ -194,6 +272,39 @@ class Router(wiring.Component):
                 with m.If(expert == command.experts - 1):
                     m.d.sync += expert.eq(0)
                     m.next = "LOAD"
+                    with m.If(command.compute):
+                        m.next = "TOKEN"
+
+            with m.State("TOKEN"):                 # the token's activations into the buffer
+                m.d.comb += [self.tokens.ready.eq(1), token_port.addr.eq(chunk_counter),
+                             token_port.data.eq(self.tokens.p.data),
+                             token_port.en.eq(self.tokens.valid)]
+                with m.If(self.tokens.valid):
+                    m.d.sync += chunk_counter.eq(chunk_counter + 1)
+                    with m.If(chunk_counter == command.chunks - 1):
+                        m.d.sync += [chunk_counter.eq(0), expert.eq(0), issuing.eq(1)]
+                        m.next = "LOGITS"
+
+            with m.State("LOGITS"):                # one expert's dot product per chunks cycles
+                m.d.comb += [weights_read.addr.eq(expert * row_words + chunk_counter),
+                             token_read.addr.eq(chunk_counter), params_read.addr.eq(expert)]
+                m.d.sync += [gemm_valid[0].eq(issuing), gemm_first[0].eq(chunk_counter == 0),
+                             gemm_last[0].eq(chunk_counter == command.chunks - 1),
+                             gemm_expert[0].eq(expert)]
+                with m.If(issuing):
+                    with m.If(chunk_counter == command.chunks - 1):
+                        m.d.sync += [chunk_counter.eq(0), expert.eq(expert + 1)]
+                        with m.If(expert == command.experts - 1):
+                            m.d.sync += issuing.eq(0)
+                    with m.Else():
+                        m.d.sync += chunk_counter.eq(chunk_counter + 1)
+                with m.If(result_valid):
+                    m.d.comb += [logit_write.addr.eq(result_expert), logit_write.data.eq(result),
+                                 logit_write.en.eq(1)]
+                    with m.If((result_expert == 0) | (result > maximum)):
+                        m.d.sync += maximum.eq(result)
+                    with m.If(result_expert == command.experts - 1):
+                        start_selection()
 
             with m.State("LOAD"):                  # the token's logits into the buffer
                 m.d.comb += [self.logits.ready.eq(1), logit_write.addr.eq(expert),
@@ -204,15 +315,7 @@ class Router(wiring.Component):
                     with m.If((expert == 0) | (self.logits.p.value > maximum)):
                         m.d.sync += maximum.eq(self.logits.p.value)
                     with m.If(expert == command.experts - 1):
-                        m.d.sync += [expert.eq(0), scanned.eq(0), group_position.eq(0),
-                                     group.eq(0), group_found.eq(0), total.eq(0)]
-                        top.clear(m)
-                        groups.clear(m)
-                        with m.If(grouped):
-                            m.next = "GROUPS"
-                        with m.Else():
-                            m.d.sync += group_kept.eq(-1)
-                            m.next = "SELECT"
+                        start_selection()
 
             with m.State("GROUPS"):                # each group's score: its two best keys
                 with m.If(expert < command.experts):
@@ -343,6 +446,8 @@ class Router(wiring.Component):
                     with m.If(token == command.tokens - 1):
                         m.d.sync += busy.eq(0)
                         m.next = "IDLE"
+                    with m.Elif(command.compute):
+                        m.next = "TOKEN"
                     with m.Else():
                         m.next = "LOAD"
         return m

@@ -9,9 +9,10 @@ from moeaccel.sim.harness import run_cocotb
 MODES = ["softmax_topk_renorm", "softmax_topk", "top1", "sigmoid_bias"]
 
 
-def _case(mode, experts, k, tokens, logits="random", seed=0, groups=1, topk_groups=1, idle=0.3):
+def _case(mode, experts, k, tokens, logits="random", seed=0, groups=1, topk_groups=1, idle=0.3,
+          d_model=0):
     return dict(mode=mode, experts=experts, k=k, tokens=tokens, logits=logits, seed=seed,
-                groups=groups, topk_groups=topk_groups, idle=idle)
+                groups=groups, topk_groups=topk_groups, idle=idle, d_model=d_model)
 
 
 def run_router(config_name, cases, overrides=None, report_file=None, timeout_s=1200):
@@ -42,6 +43,17 @@ def test_router_every_mode_and_edge_case():
     cases.append(_case("sigmoid_bias", 16, 4, 8, "random", seed=80, groups=4, topk_groups=2))
     cases.append(_case("sigmoid_bias", 64, 8, 4, "ties", seed=81, groups=8, topk_groups=4))
     run_router("tiny", cases)
+
+
+@pytest.mark.sim
+def test_router_computes_logits_with_its_gemm():
+    run_router("tiny", [
+        _case("softmax_topk_renorm", 8, 2, 6, seed=100, d_model=37),
+        _case("softmax_topk", 64, 8, 3, seed=101, d_model=128),             # widest token
+        _case("top1", 4, 1, 5, seed=102, d_model=8),
+        _case("sigmoid_bias", 16, 4, 4, seed=103, d_model=24, groups=4, topk_groups=2),
+        _case("softmax_topk", 6, 3, 4, "ties", seed=104, d_model=16),
+    ])
 
 
 @pytest.mark.sim

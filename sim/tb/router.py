@@ -6,7 +6,8 @@ for entry, and the overflow count with `dispatch_overflow`.
 
 Parameters: ``config`` (preset), ``overrides`` (AccelConfig fields), ``cases`` (dicts: ``mode``,
 ``tokens``, ``experts``, ``k``, ``groups``, ``topk_groups``, ``logits`` (random | ties | one_expert
-| every_expert), ``seed``, ``idle``), optional ``report_file``.
+| every_expert), ``seed``, ``idle``, and ``d_model`` for the router to compute the logits from int8
+tokens and router weights itself), optional ``report_file``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import torch
 from cocotb.triggers import FallingEdge, RisingEdge
 
 from ...config import preset
-from ...hw.layouts import RouterMode, bias_write, dispatch_entry, router_command, router_logit
-from ...sw.quantized import QuantizedRouter, dispatch_overflow, dispatch_table
+from ...hw.layouts import (RouterMode, bias_write, dispatch_entry, router_command, router_logit,
+                           router_token, router_weight_write)
+from ...sw import numerics as nx
+from ...sw.quantized import QuantizedLinear, QuantizedRouter, dispatch_overflow, dispatch_table
 from ...sw.reference import MoESpec
 from ..harness import StallGenerator, reset, start_clock, tb_params
 from .streams import StreamSource
@@ -58,7 +61,17 @@ class RouterTB:
         generator = torch.Generator().manual_seed(case["seed"])
         spec = MoESpec(8, 8, case["experts"], case["k"], router=case["mode"],
                        n_groups=case.get("groups", 1), topk_groups=case.get("topk_groups", 1))
-        logits = case_logits(case, generator)
+        gemm = None
+        if case.get("d_model"):                # the router computes the logits itself
+            weight = torch.randn(spec.n_experts, case["d_model"], generator=generator)
+            if case["logits"] == "ties":
+                weight.zero_()                 # every logit 0: all experts tied
+            layer = QuantizedLinear.from_float(weight, None, 0.03, 2.0 ** -nx.LOGIT_FRAC_BITS)
+            x_q = torch.randint(-128, 128, (case["tokens"], case["d_model"]), generator=generator)
+            logits = nx.requantize(layer.accumulate(x_q), layer.multiplier, layer.shift, bits=16)
+            gemm = (layer, x_q)
+        else:
+            logits = case_logits(case, generator)
         bias = (torch.randint(-3000, 3000, (spec.n_experts,), generator=generator)
                 if spec.router == "sigmoid_bias" else None)
         routing = QuantizedRouter(spec, logits=None, score_bias=bias).route(logits)
@@ -66,17 +79,36 @@ class RouterTB:
             await self.source("bias_write").send(
                 bias_write(config).const({"expert": e, "bias": int(b)}).as_bits()
                 for e, b in enumerate(bias.tolist()))
+        lanes = config.router_lanes
+        chunks = -(-case["d_model"] // lanes) if gemm else 0
+
+        def words(row):
+            row = row.tolist() + [0] * (chunks * lanes - len(row))
+            return [row[c * lanes:(c + 1) * lanes] for c in range(chunks)]
+
+        if gemm:
+            await self.source("weights_write").send(
+                router_weight_write(config).const({
+                    "expert": e, "chunk": c, "data": word,
+                    "multiplier": int(gemm[0].multiplier[e]), "shift": int(gemm[0].shift[e])})
+                .as_bits() for e in range(spec.n_experts)
+                for c, word in enumerate(words(gemm[0].weight[e])))
         command = router_command(config).const({
             "tokens": case["tokens"], "experts": spec.n_experts, "k": spec.k,
             "mode": RouterMode.named(spec.router), "groups": spec.n_groups,
             "group_size": spec.n_experts // spec.n_groups if spec.n_groups > 1 else 0,
-            "topk_groups": spec.topk_groups})
+            "topk_groups": spec.topk_groups, "compute": gemm is not None, "chunks": chunks})
         await self.source("cmd").send([command.as_bits()])
         await RisingEdge(dut.clk)
         assert not int(dut.error.value), f"the router refused {case}"
-        layout = router_logit(config)
-        await self.source("logits").send(
-            layout.const({"value": int(v)}).as_bits() for v in logits.reshape(-1).tolist())
+        if gemm:
+            await self.source("tokens").send(
+                router_token(config).const({"data": word}).as_bits()
+                for token in range(case["tokens"]) for word in words(gemm[1][token]))
+        else:
+            await self.source("logits").send(
+                router_logit(config).const({"value": int(v)}).as_bits()
+                for v in logits.reshape(-1).tolist())
         if int(dut.busy.value):
             await FallingEdge(dut.busy)
         cycles, overflow = int(dut.cycles.value), int(dut.overflow.value)
@@ -109,7 +141,7 @@ async def dispatch_tables_bit_exact(dut):
     config = preset(params["config"]).replace(**params.get("overrides", {}))
     rng = random.Random(cocotb.RANDOM_SEED)
     await start_clock(dut)
-    for name in ("cmd", "logits", "bias_write"):
+    for name in ("cmd", "logits", "bias_write", "tokens", "weights_write"):
         getattr(dut, f"{name}__valid").value = 0
     dut.table_read__en.value = 0
     dut.count_read__en.value = 0
