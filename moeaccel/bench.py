@@ -60,9 +60,10 @@ def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dens
 
 
 def bench_router(tokens: int, experts: int, k: int, mode: str, config_name: str = "pynq-z2",
-                 groups: int = 1, topk_groups: int = 1, seed: int = 0) -> dict:
-    """Route `tokens` tokens of random logits through the router RTL; cycles and bit-exactness of
-    the dispatch table."""
+                 groups: int = 1, topk_groups: int = 1, seed: int = 0, d_model: int = 0) -> dict:
+    """Route `tokens` tokens through the router RTL; cycles and bit-exactness of the dispatch
+    table. With `d_model` the router computes the logits from int8 tokens and router weights with
+    its own GEMM; without, random logits stream in."""
     from .hw.router import Router
     from .sim.harness import run_cocotb
     from .sw.reference import MoESpec
@@ -71,12 +72,13 @@ def bench_router(tokens: int, experts: int, k: int, mode: str, config_name: str 
     MoESpec(8, 8, experts, k, router=mode, n_groups=groups, topk_groups=topk_groups)  # validates
     for name, value, limit in (("tokens", tokens, config.max_tokens),
                                ("experts", experts, config.max_experts), ("k", k, config.max_k),
-                               ("groups", groups, config.max_groups)):
+                               ("groups", groups, config.max_groups),
+                               ("d_model", d_model, config.max_d_model)):
         if value > limit:
             raise ValueError(f"{name}={value} exceeds the {config.name} configuration's limit "
                              f"of {limit}")
     case = dict(mode=mode, experts=experts, k=k, tokens=tokens, logits="random", seed=seed,
-                groups=groups, topk_groups=topk_groups, idle=0.0)
+                groups=groups, topk_groups=topk_groups, idle=0.0, d_model=d_model)
     with tempfile.TemporaryDirectory() as scratch:
         report_file = Path(scratch) / "report.json"
         print(f"simulating the router: {tokens} tokens, E={experts}, k={k}, {mode} on "
@@ -91,7 +93,8 @@ def bench_router(tokens: int, experts: int, k: int, mode: str, config_name: str 
                 raise
         (report,) = json.loads(report_file.read_text())
     return {"block": "router", "config": config.name, "tokens": tokens, "experts": experts,
-            "k": k, "mode": mode, "cycles": report["cycles"],
+            "k": k, "mode": mode, "d_model": d_model, "logits_gemm": bool(d_model),
+            "router_lanes": config.router_lanes, "cycles": report["cycles"],
             "cycles_per_token": round(report["cycles_per_token"], 2),
             "overflow": report["overflow"], "bit_exact": not report["mismatches"]}
 
@@ -162,6 +165,9 @@ def add_arguments(commands) -> None:
     router.add_argument("--k", type=int, required=True)
     router.add_argument("--mode", required=True,
                         choices=("softmax_topk_renorm", "softmax_topk", "top1", "sigmoid_bias"))
+    router.add_argument("--d-model", type=int, default=0,
+                        help="compute the logits with the router's GEMM over d_model-wide tokens "
+                             "(default: stream random logits in)")
     router.add_argument("--groups", type=int, default=1)
     router.add_argument("--topk-groups", type=int, default=1)
     router.add_argument("--config", default="pynq-z2", help="preset (default pynq-z2)")
@@ -177,7 +183,7 @@ def add_arguments(commands) -> None:
 
 def _run_router(args) -> int:
     return _print(bench_router(args.tokens, args.experts, args.k, args.mode, args.config,
-                               args.groups, args.topk_groups, args.seed), args.json)
+                               args.groups, args.topk_groups, args.seed, args.d_model), args.json)
 
 
 def _print(result: dict, as_json: bool) -> int:

@@ -13,6 +13,16 @@ from moeaccel.sw.quantized import QuantizedRouter, dispatch_table
 from moeaccel.sw.reference import MoESpec
 
 
+async def accepted(ctx, port, limit=10_000):
+    """Tick until `port` takes its payload; fail rather than hang if it never does."""
+    for _ in range(limit):
+        if ctx.get(port.ready):
+            await ctx.tick()
+            return
+        await ctx.tick()
+    raise AssertionError("the router stopped taking input")
+
+
 def reference(spec, logits, bias):
     router = QuantizedRouter(spec, logits=None, score_bias=bias)
     return router.route(logits)
@@ -64,16 +74,20 @@ def simulate(config, spec, logits, bias, gemm=None):
                 for word in words(gemm[1][token]):
                     ctx.set(dut.tokens.valid, 1)
                     ctx.set(dut.tokens.payload, {"data": word})
-                    await ctx.tick().until(dut.tokens.ready)
+                    await accepted(ctx, dut.tokens)
                 ctx.set(dut.tokens.valid, 0)
                 continue
             for expert in range(experts):
                 ctx.set(dut.logits.valid, 1)
                 ctx.set(dut.logits.payload, {"value": int(logits[token, expert])})
-                await ctx.tick().until(dut.logits.ready)
+                await accepted(ctx, dut.logits)
             ctx.set(dut.logits.valid, 0)
-        while ctx.get(dut.busy):
+        for _ in range(100_000):               # bounded: a router that never finishes fails
+            if not ctx.get(dut.busy):
+                break
             await ctx.tick()
+        else:
+            raise AssertionError("the router never finished")
         for expert in range(experts):
             ctx.set(dut.count_read.addr, expert)
             ctx.set(dut.count_read.en, 1)
@@ -90,7 +104,7 @@ def simulate(config, spec, logits, bias, gemm=None):
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(drive)
-    sim.run_until(2e-3)        # bounded: a router that never finishes fails instead of hanging
+    sim.run()
     return counts, table
 
 
