@@ -17,7 +17,7 @@ from ..sw import numerics as nx
 from .arith import round_shift_saturate
 from .epilogue import Epilogue
 from .layouts import (CHANNEL_PARAMS, TABLE_WRITE, act_write, ffn_command, ffn_out, ffn_tag,
-                      gate_entry, gates_write, params_write)
+                      gate_entry, gates_write, params_write, weight_word)
 from .mac_array import MacArray
 
 __all__ = ["FFNEngine", "PERF_COUNTERS", "weight_word_beats"]
@@ -32,8 +32,7 @@ PERF_COUNTERS = data.StructLayout({
 
 def weight_word_beats(config: AccelConfig, pattern) -> int:
     """Bus beats of one packed weight word (each word is padded to whole beats)."""
-    bits = config.mac_rows * config.mac_cols * 8 \
-        + config.mac_rows * (config.mac_cols // pattern.n) * pattern.code_bits
+    bits = weight_word(config.mac_rows, config.mac_cols, pattern).size
     return -(-bits // config.axi_data_width)
 
 
