@@ -13,7 +13,8 @@ from ..sw.reference import ROUTER_MODES
 __all__ = ["CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_WRITE", "epilogue_in", "epilogue_out", "weight_word",
            "pattern_bits", "mac_in", "mac_out", "ffn_tag", "ffn_command", "ffn_out", "act_write",
            "params_write", "gate_entry", "gates_write", "RouterMode", "router_command",
-           "dispatch_entry", "router_logit", "bias_write", "router_token", "router_weight_write"]
+           "dispatch_entry", "router_logit", "bias_write", "router_token", "router_weight_write",
+           "attention_command", "attention_word"]
 
 # Per-channel epilogue parameters.
 CHANNEL_PARAMS = data.StructLayout({
@@ -256,3 +257,28 @@ def router_weight_write(config) -> data.StructLayout:
         "multiplier": unsigned(nx.MULT_BITS),
         "shift": unsigned(nx.SHIFT_BITS),
     })
+
+
+def attention_command(config) -> data.StructLayout:
+    """An attention call (`sw.attention.AttentionShape`): ``seq_q`` query rows against ``seq_kv`` keys,
+    ``kv_heads`` key/value heads each shared by ``rep`` query heads, heads of ``head_words`` bus words
+    (zero-padded); the Q8-logit and output requantisations (`sw.attention.AttentionParams`)."""
+    seq = unsigned(config.max_seq_len.bit_length())
+    heads = unsigned(config.max_heads.bit_length())
+    return data.StructLayout({
+        "seq_q": seq,
+        "seq_kv": seq,
+        "kv_heads": heads,
+        "rep": heads,
+        "head_words": unsigned(config.attention_row_words.bit_length()),
+        "causal": unsigned(1),
+        "score_mult": unsigned(nx.MULT_BITS),
+        "score_shift": unsigned(nx.SHIFT_BITS),
+        "out_mult": unsigned(nx.MULT_BITS),
+        "out_shift": unsigned(nx.SHIFT_BITS),
+    })
+
+
+def attention_word(config) -> data.StructLayout:
+    """One bus word of Q, K, V or O: ``axi_data_bytes`` int8 values of one head."""
+    return data.StructLayout({"data": data.ArrayLayout(signed(8), config.axi_data_bytes)})

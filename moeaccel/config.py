@@ -255,6 +255,16 @@ class AccelConfig:
         return -(-self.max_d_model // self.router_lanes)
 
     @property
+    def attention_lanes(self) -> int:
+        """int8 MACs of the attention unit: one bus word against each query row of a group."""
+        return self.attention_group * self.axi_data_bytes
+
+    @property
+    def attention_row_words(self) -> int:
+        """Bus words of the widest Q/K/V row the attention unit holds (``max_d_model`` int8)."""
+        return -(-self.max_d_model // self.axi_data_bytes)
+
+    @property
     def dispatch_capacity(self) -> int:
         """Dispatch-table slots per expert (tokens beyond it are counted as overflow)."""
         return self.expert_capacity or self.max_tokens

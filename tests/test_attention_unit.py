@@ -1,0 +1,100 @@
+"""Fast check of the attention unit in Amaranth's simulator against sw.attention.attention_fixed (the
+cocotb regression in tests/test_attention.py is the record)."""
+
+import random
+
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from moeaccel.config import preset
+from moeaccel.hw.attention import Attention
+from moeaccel.hw.layouts import attention_command
+from moeaccel.sw.attention import AttentionParams, AttentionShape, attention_fixed, stream_words
+
+
+def command(config, shape: AttentionShape, params: AttentionParams):
+    return attention_command(config).const({
+        "seq_q": shape.seq_q, "seq_kv": shape.seq_kv, "kv_heads": shape.kv_heads, "rep": shape.rep,
+        "head_words": shape.head_words(config.axi_data_bytes), "causal": shape.causal,
+        "score_mult": params.score_mult, "score_shift": params.score_shift,
+        "out_mult": params.out_mult, "out_shift": params.out_shift})
+
+
+def simulate(config, shape, params, q, k, v, idle=0.0, backpressure=0.0, seed=0, limit=200_000):
+    """Run one call; returns the output words (lists of int8) and whether `error` rose."""
+    dut = Attention(config)
+    word = config.axi_data_bytes
+    words = list(stream_words(q, k, v, shape, config.attention_group, word))
+    expected_words = shape.seq_q * shape.heads * shape.head_words(word)
+    rng = random.Random(seed)
+    received, finished = [], []
+
+    async def drive(ctx):
+        ctx.set(dut.cmd.valid, 1)
+        ctx.set(dut.cmd.payload, command(config, shape, params))
+        await ctx.tick()
+        ctx.set(dut.cmd.valid, 0)
+        for payload in words:
+            while rng.random() < idle:
+                ctx.set(dut.data.valid, 0)
+                await ctx.tick()
+            ctx.set(dut.data.valid, 1)
+            ctx.set(dut.data.payload, {"data": payload})
+            for _ in range(limit):
+                _, _, ready = await ctx.tick().sample(dut.data.ready)
+                if ready:
+                    break
+            else:
+                raise AssertionError("the attention unit stopped taking words")
+        ctx.set(dut.data.valid, 0)
+
+    async def receive(ctx):
+        for _ in range(limit):
+            ready = rng.random() >= backpressure
+            ctx.set(dut.out.ready, ready)
+            _, _, valid, payload, busy = await ctx.tick().sample(dut.out.valid, dut.out.payload,
+                                                                dut.busy)
+            if valid and ready:
+                received.append([int(x) for x in payload.data])
+            if len(received) == expected_words and not busy:
+                finished.append(True)
+                return
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(drive)
+    sim.add_testbench(receive)
+    sim.run()
+    assert finished, f"the call did not finish: {len(received)} of {expected_words} words"
+    return received
+
+
+def as_words(out: torch.Tensor, word: int) -> list:
+    rows, heads, dim = out.shape
+    padded = -(-dim // word) * word
+    full = torch.zeros(rows, heads, padded, dtype=torch.int64)
+    full[:, :, :dim] = out
+    return full.reshape(-1, word).tolist()
+
+
+def random_case(shape, seed, amplitude=60):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-amplitude, amplitude + 1, (shape.seq_q, shape.heads, shape.head_dim), generator=g)
+    k = torch.randint(-amplitude, amplitude + 1, (shape.seq_kv, shape.kv_heads, shape.head_dim), generator=g)
+    v = torch.randint(-128, 128, (shape.seq_kv, shape.kv_heads, shape.head_dim), generator=g)
+    return q, k, v
+
+
+@pytest.mark.parametrize("shape", [
+    AttentionShape(5, 7, 2, 1, 12, causal=True),
+    AttentionShape(3, 9, 4, 2, 8, causal=False),
+    AttentionShape(1, 1, 1, 1, 8),
+], ids=str)
+def test_attention_unit_matches_reference(shape):
+    config = preset("tiny")
+    params = AttentionParams(score_mult=20000, score_shift=14, out_mult=16384, out_shift=22)
+    q, k, v = random_case(shape, 1)
+    expected = as_words(attention_fixed(q, k, v, shape, params), config.axi_data_bytes)
+    got = simulate(config, shape, params, q, k, v, idle=0.2, backpressure=0.3)
+    assert got == expected
