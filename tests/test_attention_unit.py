@@ -10,7 +10,8 @@ from amaranth.sim import Simulator
 from moeaccel.config import preset
 from moeaccel.hw.attention import Attention
 from moeaccel.hw.layouts import attention_command
-from moeaccel.sw.attention import AttentionParams, AttentionShape, attention_fixed, stream_words
+from moeaccel.sw.attention import (AttentionParams, AttentionShape, attention_fixed, random_inputs,
+                                   stream_words)
 
 
 def command(config, shape: AttentionShape, params: AttentionParams):
@@ -98,3 +99,61 @@ def test_attention_unit_matches_reference(shape):
     expected = as_words(attention_fixed(q, k, v, shape, params), config.axi_data_bytes)
     got = simulate(config, shape, params, q, k, v, idle=0.2, backpressure=0.3)
     assert got == expected
+
+
+def test_attention_unit_streams_keys_once_per_group_and_takes_peaked_inputs():
+    """Late maxima (the accumulators rescaled) and saturated logits, under stalls."""
+    config = preset("tiny")
+    for kind, shape in (("peaked", AttentionShape(5, 16, 2, 2, 8)),
+                        ("extreme", AttentionShape(4, 6, 2, 1, 16, causal=True))):
+        q, k, v, params = random_inputs(shape, kind, seed=3)
+        expected = as_words(attention_fixed(q, k, v, shape, params), config.axi_data_bytes)
+        assert simulate(config, shape, params, q, k, v, idle=0.3, backpressure=0.3) == expected
+
+
+MUTANTS = {
+    # exp of an argument a quarter too low (a misaligned table index)
+    "exp": ("exp_fixed", lambda original: lambda d: original(d - 64)),
+    # the rescale and the running sum drop one more bit than Q15 keeps
+    "rescale": ("round_shift", lambda original: lambda value, shift: original(value, shift + 1)),
+}
+
+
+@pytest.mark.parametrize("mutant", MUTANTS)
+def test_unit_check_catches_a_mutant(mutant, monkeypatch):
+    import moeaccel.hw.attention as module
+    name, make = MUTANTS[mutant]
+    monkeypatch.setattr(module, name, make(getattr(module, name)))
+    config = preset("tiny")
+    shape = AttentionShape(3, 12, 2, 2, 8)
+    q, k, v, params = random_inputs(shape, "random", seed=4)
+    expected = as_words(attention_fixed(q, k, v, shape, params), config.axi_data_bytes)
+    assert simulate(config, shape, params, q, k, v) != expected
+
+
+@pytest.mark.parametrize("fields", [dict(kv_heads=0), dict(rep=3, kv_heads=8), dict(head_words=17),
+                                    dict(seq_q=9, causal=1), dict(score_shift=48)], ids=str)
+def test_unit_refuses_a_bad_command(fields):
+    """The error flag rises and the unit stays idle (it takes no words)."""
+    config = preset("tiny")
+    dut = Attention(config)
+    base = {"seq_q": 4, "seq_kv": 8, "kv_heads": 2, "rep": 1, "head_words": 1, "causal": 0,
+            "score_mult": 20000, "score_shift": 14, "out_mult": 16384, "out_shift": 22}
+    seen = {}
+
+    async def drive(ctx):
+        ctx.set(dut.cmd.valid, 1)
+        ctx.set(dut.cmd.payload, attention_command(config).const({**base, **fields}))
+        await ctx.tick()
+        ctx.set(dut.cmd.valid, 0)
+        ctx.set(dut.data.valid, 1)
+        for _ in range(4):
+            _, _, ready = await ctx.tick().sample(dut.data.ready)
+            seen.setdefault("ready", []).append(ready)
+        seen["error"], seen["busy"] = ctx.get(dut.error), ctx.get(dut.busy)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(drive)
+    sim.run()
+    assert seen["error"] == 1 and seen["busy"] == 0 and not any(seen["ready"])

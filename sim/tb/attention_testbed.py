@@ -1,0 +1,117 @@
+"""Whole attention calls in Verilator: `sim.attention_testbed.AttentionTestbed` (unit, sequencer and a
+memory standing for DRAM), checked bit for bit against `sw.attention.attention_fixed`.
+
+The testbench loads Q, K and V into the memory, starts the call and leaves the simulator to run it
+(no Python per cycle), then reads the output rows back. Used by `moeaccel bench attention`.
+
+Parameters: ``config`` (preset), ``overrides`` (AccelConfig fields), ``cases`` (as in
+`sim.tb.attention`), ``report_file``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import cocotb
+import torch
+from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, with_timeout
+
+from ...config import preset
+from ...hw.attention import ATTENTION_COUNTERS, sequencer_command
+from ...sw.attention import attention_cycles, attention_fixed, random_inputs
+from ..attention_testbed import testbed_words
+from ..harness import reset, tb_params
+from .attention import case_shape, output_words
+
+
+def word_bits(rows: torch.Tensor, word: int) -> list[int]:
+    """``[rows, heads, dim]`` int8 -> the memory words as integers (lane 0 in the low byte)."""
+    words = output_words(rows, word)
+    return [int.from_bytes(bytes(x & 0xFF for x in w), "little") for w in words]
+
+
+def bits_word(value: int, word: int) -> list[int]:
+    return [b - 256 if b >= 128 else b for b in value.to_bytes(word, "little")]
+
+
+async def run_case(dut, config, case: dict) -> dict:
+    word = config.axi_data_bytes
+    shape = case_shape(case)
+    q, k, v, params = random_inputs(shape, case.get("kind", "random"), case["seed"])
+    started = time.monotonic()
+    expected = output_words(attention_fixed(q, k, v, shape, params), word)
+    golden_s = time.monotonic() - started
+    images = [word_bits(t, word) for t in (q, k, v)]
+    q_base, k_base = 0, len(images[0])
+    v_base = k_base + len(images[1])
+    o_base = v_base + len(images[2])
+    if o_base + len(expected) > testbed_words(config):
+        raise ValueError(f"the case needs {o_base + len(expected)} memory words, the testbed has "
+                         f"{testbed_words(config)}")
+    dut.load__en.value = 1
+    for address, value in enumerate(images[0] + images[1] + images[2]):
+        dut.load__addr.value = address
+        dut.load__data.value = value
+        await RisingEdge(dut.clk)
+    dut.load__en.value = 0
+    command = sequencer_command(config, len(dut.load__addr)).const({
+        "attention": {
+            "seq_q": shape.seq_q, "seq_kv": shape.seq_kv, "kv_heads": shape.kv_heads,
+            "rep": shape.rep, "head_words": shape.head_words(word), "causal": shape.causal,
+            "score_mult": params.score_mult, "score_shift": params.score_shift,
+            "out_mult": params.out_mult, "out_shift": params.out_shift},
+        "q_base": q_base, "k_base": k_base, "v_base": v_base, "o_base": o_base})
+    dut.cmd__payload.value = command.as_bits()
+    dut.cmd__valid.value = 1
+    await RisingEdge(dut.clk)
+    dut.cmd__valid.value = 0
+    await ReadOnly()
+    assert int(dut.busy.value), f"the testbed did not take the call {case}"
+    started = time.monotonic()
+    await RisingEdge(dut.clk)
+    assert not int(dut.error.value), f"the attention unit refused {case}"
+    # a bound on the call, not an estimate: twice the cycle model of an unstalled run
+    bound = 2 * attention_cycles(shape, config.attention_group, word)["total"] + 1000
+    await with_timeout(FallingEdge(dut.busy), 10 * bound, "ns")   # 10 ns clock
+    simulate_s = time.monotonic() - started
+    perf = ATTENTION_COUNTERS.from_bits(int(dut.perf.value))
+    received = []
+    dut.dump__en.value = 1
+    for index in range(len(expected) + 1):
+        await RisingEdge(dut.clk)
+        if index < len(expected):
+            dut.dump__addr.value = o_base + index
+        await ReadOnly()
+        if index:
+            received.append(bits_word(int(dut.dump__data.value), word))
+    await RisingEdge(dut.clk)
+    dut.dump__en.value = 0
+    mismatches = [f"word {i}: {got}, expected {want}"
+                  for i, (got, want) in enumerate(zip(received, expected)) if got != want]
+    return {**case, **{name: int(getattr(perf, name)) for name in ATTENTION_COUNTERS.members},
+            "mismatches": mismatches, "golden_s": round(golden_s, 2),
+            "simulate_s": round(simulate_s, 2)}
+
+
+@cocotb.test()
+async def attention_calls_bit_exact(dut):
+    """Each case's output rows, read back from the memory, equal the golden model's."""
+    params = tb_params()
+    config = preset(params["config"]).replace(**params.get("overrides", {}))
+    dut.cmd__valid.value = 0        # the clock runs inside the design (run_cocotb free_clock_ns)
+    dut.load__en.value = 0
+    dut.dump__en.value = 0
+    await reset(dut)
+    reports, failures = [], []
+    for case in params["cases"]:
+        report = await run_case(dut, config, case)
+        reports.append(report)
+        dut._log.info(f"{case}: {report['busy_cycles']} cycles, {len(report['mismatches'])} "
+                      f"mismatches")
+        if report["mismatches"]:
+            failures.append(f"{case}: {report['mismatches'][:3]}")
+    if params.get("report_file"):
+        with open(params["report_file"], "w") as file:
+            json.dump(reports, file, indent=1)
+    assert not failures, f"attention output differs from the golden model: {failures}"
