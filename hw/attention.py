@@ -227,10 +227,21 @@ class Attention(wiring.Component):
                          q_read[g].en.eq(1), acc_read[g].en.eq(1)]
         m.d.comb += [state_read.en.eq(1), recip_read.en.eq(1), state_read.addr.eq(s1_head)]
 
+        # the G x W MAC lanes, shared by both rows: q x k for a K word, p x v for a V word
+        products = []
+        for g in range(group):
+            lanes = []
+            for w in range(word):
+                product = Signal(signed(8 + frac + 2), name=f"product{g}_{w}")
+                operand = Mux(a_values, state_read.data[g].p, q_read[g].data[w])
+                m.d.comb += product.eq(operand * a_word[w])
+                lanes.append(product)
+            products.append(lanes)
+
         # stage B of a K word: G dot products of W lanes into the partial score of (row, head)
         with m.If(a_valid & ~a_values):
             for g in range(group):
-                dot = sum(q_read[g].data[w] * a_word[w] for w in range(word))
+                dot = sum(products[g])
                 score = Signal(signed(widths["score"]), name=f"score{g}")
                 m.d.comb += score.eq(Mux(a_first, 0, partial[g][a_rep]) + dot)
                 with m.If(a_last):
@@ -285,7 +296,7 @@ class Attention(wiring.Component):
                 m.d.comb += [acc_write[g].addr.eq(a_address), acc_write[g].en.eq(1)]
                 for w in range(word):
                     m.d.comb += acc_write[g].data[w].eq(
-                        round_shift(acc_read[g].data[w] * weights.r, frac) + weights.p * a_word[w])
+                        round_shift(acc_read[g].data[w] * weights.r, frac) + products[g][w])
 
         # -- reciprocals: 2**40 // total for every row of a head at once, one bit a cycle
         divisor = [Signal(widths["sum"], name=f"divisor{g}") for g in range(group)]

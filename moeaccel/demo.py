@@ -154,9 +154,26 @@ def moe_layer_in_rtl(out_dir: Path, model: str = "tiny-mixtral", tokens: int = 1
     return report
 
 
+def attention_in_rtl(config_name: str = "tiny") -> dict:
+    """A causal grouped-query attention call through the attention unit, its sequencer and a memory
+    in Verilator; the output compared with the integer golden model, cycles with the model."""
+    from .bench import bench_attention
+
+    result = bench_attention(48, 4, 2, 16, causal=True, config_name=config_name)
+    print(f"  L={result['seq_kv']}, {result['heads']} query heads sharing {result['kv_heads']} "
+          f"key/value heads of {result['head_dim']}, causal ({config_name} preset, "
+          f"{result['lanes']} MAC lanes, groups of {result['group']} queries)")
+    print(f"  output bit-exact with the golden model: {result['bit_exact']}")
+    print(f"  cycles: {result['cycles']} (model {result['model_cycles']}, ideal "
+          f"{result['ideal_cycles']}, utilization {result['utilization']})")
+    print(f"  DRAM bytes: {result['dram_bytes']} measured, {result['dram_bytes_formula']} by the "
+          f"formula ({result['dram_formula']}); on-chip state {result['onchip_bytes']} bytes")
+    return result
+
+
 def run_demo(out_dir: Path, rtl: bool = True) -> None:
     out_dir = Path(out_dir)
-    steps = Steps(4 if rtl else 2)
+    steps = Steps(5 if rtl else 2)
     with steps("export the bundled tiny MoE models to ONNX (dynamo exporter)"):
         export_models(out_dir / "models")
     with steps("quantise them and run the integer golden model against the float one"):
@@ -166,4 +183,6 @@ def run_demo(out_dir: Path, rtl: bool = True) -> None:
             epilogue_in_rtl(out_dir)
         with steps("a whole MoE layer through the Expert-FFN engine RTL in Verilator"):
             moe_layer_in_rtl(out_dir)
+        with steps("attention, keys and values streamed once per query group, in Verilator"):
+            attention_in_rtl()
     print(f"\nartefacts in {out_dir}")

@@ -58,3 +58,32 @@ def test_attention_bit_exact_random():
                            rng.choice(["random", "random", "peaked", "extreme"]), seed=100 + seed,
                            idle=rng.choice([0.0, 0.3, 0.5]), backpressure=rng.choice([0.0, 0.3, 0.5])))
     run_attention("tiny", cases)
+
+
+@pytest.mark.sim
+def test_bench_attention_reports_cycles_bytes_and_bit_exactness(capsys):
+    """A whole call through unit, sequencer and memory: bit-exact, cycles as the model predicts,
+    DRAM bytes as the formula says, on-chip bytes independent of the sequence length."""
+    import json
+    from moeaccel.cli import main
+    results = []
+    for seq in (9, 21):
+        assert main(["bench", "attention", "--seq", str(seq), "--heads", "4", "--kv-heads", "2",
+                     "--head-dim", "12", "--causal", "--config", "tiny", "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    for result in results:
+        assert result["bit_exact"] is True
+        assert result["cycles"] == result["model_cycles"]
+        assert result["dram_bytes"] == result["dram_bytes_formula"]
+        assert result["ideal_cycles"] == -(-result["macs"] // 32)
+        assert 0 < result["utilization"] < 1
+    assert results[0]["onchip_bytes"] == results[1]["onchip_bytes"]
+    assert results[1]["dram_bytes"] > results[0]["dram_bytes"]
+
+
+def test_bench_attention_refuses_what_the_configuration_cannot_hold(capsys):
+    from moeaccel.cli import main
+    assert main(["bench", "attention", "--seq", "2048", "--heads", "2", "--head-dim", "8",
+                 "--config", "tiny"]) == 2
+    assert capsys.readouterr().err == ("moeaccel bench: attention seq_q=2048 exceeds the tiny "
+                                       "configuration's limit of 1024\n")
