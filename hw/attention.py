@@ -32,7 +32,7 @@ from .arith import exp_fixed, round_shift, round_shift_saturate
 from .layouts import attention_command, attention_word
 
 __all__ = ["Attention", "AttentionSequencer", "ATTENTION_COUNTERS", "attention_widths",
-           "attention_state_bytes",
+           "attention_state_bytes", "command_fields",
            "sequencer_command"]
 
 ATTENTION_COUNTERS = data.StructLayout({
@@ -73,6 +73,16 @@ def attention_state_bytes(config: AccelConfig, shape: "sa.AttentionShape") -> in
                                      + shape.heads * _state_bits(config)
                                      + shape.rep * widths["score"])
     return -(-bits // 8)
+
+
+def command_fields(config: AccelConfig, shape: "sa.AttentionShape",
+                   params: "sa.AttentionParams") -> dict:
+    """The fields of `layouts.attention_command` for one call."""
+    return {"seq_q": shape.seq_q, "seq_kv": shape.seq_kv, "kv_heads": shape.kv_heads,
+            "rep": shape.rep, "head_words": shape.head_words(config.axi_data_bytes),
+            "causal": shape.causal, "score_mult": params.score_mult,
+            "score_shift": params.score_shift, "out_mult": params.out_mult,
+            "out_shift": params.out_shift}
 
 
 def group_extent(cmd, first_row, row0_position, group: int):

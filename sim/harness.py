@@ -117,6 +117,27 @@ async def reset(dut, cycles: int = 2) -> None:
     dut.rst.value = 0  # inertial write: the flops see it from the next edge on
 
 
+async def check_cases(dut, cases: list[dict], run_case, describe, what: str) -> list[dict]:
+    """Run each case (``await run_case(case)`` returns its report, with ``mismatches`` a count or a
+    list), log ``describe(case, report)``, write the reports to the ``report_file`` parameter, and
+    fail naming every case whose output differs from the golden model's (after running them all)."""
+    reports, failures = [], []
+    for case in cases:
+        report = await run_case(case)
+        reports.append(report)
+        line = describe(case, report)
+        dut._log.info(line)
+        if report["mismatches"]:
+            failures.append(line if isinstance(report["mismatches"], int)
+                            else f"{line}: {report['mismatches'][:3]}")
+    report_file = tb_params().get("report_file")
+    if report_file:
+        with open(report_file, "w") as file:
+            json.dump(reports, file, indent=1)
+    assert not failures, f"{what} differ from the golden model: {failures}"
+    return reports
+
+
 class StallGenerator:
     """Infinite iterator of bools, True (stall) with the given probability."""
 

@@ -34,7 +34,7 @@ from .quantized import dequantize, quantize_tensor
 
 __all__ = ["LOGIT_BITS", "RECIP_BITS", "AVG_FRAC_BITS", "AttentionShape", "AttentionParams",
            "attention_fixed", "attention_float", "QuantizedAttention", "group_keys", "stream_words",
-           "traffic_bytes", "check_fits", "attention_cycles", "attention_macs", "INPUT_KINDS", "random_inputs"]
+           "traffic_bytes", "as_words", "check_fits", "attention_cycles", "attention_macs", "INPUT_KINDS", "random_inputs"]
 
 LOGIT_BITS = 24          # attention logits: signed Q8, saturated to 24 bits (range +-32768)
 RECIP_BITS = 40          # reciprocal 2**40 // s, for sums s in [2**15, 2**31)
@@ -222,6 +222,12 @@ def _rows_as_words(t: torch.Tensor, word: int) -> torch.Tensor:
     out = torch.zeros(rows, heads, padded, dtype=torch.int64)
     out[:, :, :dim] = torch.as_tensor(t, dtype=torch.int64)
     return out.reshape(rows, -1, word)
+
+
+def as_words(t: torch.Tensor, word: int) -> list[list[int]]:
+    """``[rows, heads, dim]`` int8 -> its rows' bus words in order (Q, K, V in memory; O out of the
+    unit), each a list of `word` values, heads zero-padded to whole words."""
+    return _rows_as_words(t, word).reshape(-1, word).tolist()
 
 
 def stream_words(q, k, v, shape: AttentionShape, group: int, word: int):

@@ -8,18 +8,14 @@ import torch
 from amaranth.sim import Simulator
 
 from moeaccel.config import preset
-from moeaccel.hw.attention import Attention
+from moeaccel.hw.attention import Attention, command_fields
 from moeaccel.hw.layouts import attention_command
-from moeaccel.sw.attention import (AttentionParams, AttentionShape, attention_fixed, random_inputs,
-                                   stream_words)
+from moeaccel.sw.attention import (AttentionParams, AttentionShape, as_words, attention_fixed,
+                                   random_inputs, stream_words)
 
 
 def command(config, shape: AttentionShape, params: AttentionParams):
-    return attention_command(config).const({
-        "seq_q": shape.seq_q, "seq_kv": shape.seq_kv, "kv_heads": shape.kv_heads, "rep": shape.rep,
-        "head_words": shape.head_words(config.axi_data_bytes), "causal": shape.causal,
-        "score_mult": params.score_mult, "score_shift": params.score_shift,
-        "out_mult": params.out_mult, "out_shift": params.out_shift})
+    return attention_command(config).const(command_fields(config, shape, params))
 
 
 def simulate(config, shape, params, q, k, v, idle=0.0, backpressure=0.0, seed=0, limit=200_000):
@@ -69,14 +65,6 @@ def simulate(config, shape, params, q, k, v, idle=0.0, backpressure=0.0, seed=0,
     sim.run()
     assert finished, f"the call did not finish: {len(received)} of {expected_words} words"
     return received
-
-
-def as_words(out: torch.Tensor, word: int) -> list:
-    rows, heads, dim = out.shape
-    padded = -(-dim // word) * word
-    full = torch.zeros(rows, heads, padded, dtype=torch.int64)
-    full[:, :, :dim] = out
-    return full.reshape(-1, word).tolist()
 
 
 def random_case(shape, seed, amplitude=60):

@@ -10,17 +10,17 @@ Parameters: ``config`` (preset), ``overrides`` (AccelConfig fields), ``cases`` (
 
 from __future__ import annotations
 
-import json
 import random
 
 import cocotb
 from cocotb.triggers import FallingEdge, RisingEdge
 
 from ...config import preset
-from ...hw.attention import ATTENTION_COUNTERS
+from ...hw.attention import ATTENTION_COUNTERS, command_fields
 from ...hw.layouts import attention_command, attention_word
-from ...sw.attention import AttentionShape, attention_fixed, random_inputs, stream_words
-from ..harness import StallGenerator, reset, start_clock, tb_params
+from ...sw.attention import (AttentionShape, as_words, attention_fixed, random_inputs,
+                             stream_words)
+from ..harness import StallGenerator, check_cases, reset, start_clock, tb_params
 from .streams import StreamSink, StreamSource
 
 COUNTERS = tuple(ATTENTION_COUNTERS.members)
@@ -29,18 +29,6 @@ COUNTERS = tuple(ATTENTION_COUNTERS.members)
 def case_shape(case: dict) -> AttentionShape:
     return AttentionShape(case["seq_q"], case["seq_kv"], case["heads"], case["kv_heads"],
                           case["head_dim"], bool(case.get("causal", False)))
-
-
-def output_words(out, word: int) -> list[list[int]]:
-    """``[rows, heads, dim]`` int8 -> the unit's output words (heads zero-padded to whole words)."""
-    rows, heads, dim = out.shape
-    padded = -(-dim // word) * word
-    words = []
-    for row in out.tolist():
-        for head in row:
-            head = head + [0] * (padded - dim)
-            words += [head[i:i + word] for i in range(0, padded, word)]
-    return words
 
 
 class AttentionTB:
@@ -56,18 +44,14 @@ class AttentionTB:
         word = config.axi_data_bytes
         shape = case_shape(case)
         q, k, v, params = random_inputs(shape, case.get("kind", "random"), case["seed"])
-        expected = output_words(attention_fixed(q, k, v, shape, params), word)
+        expected = as_words(attention_fixed(q, k, v, shape, params), word)
         layout = attention_word(config)
         received = []
         sink = StreamSink(dut, "out", lambda bits: received.append(
             [int(x) for x in layout.from_bits(bits).data]),
             StallGenerator(self.rng, case.get("backpressure", 0.3)))
         sink_task = cocotb.start_soon(sink.run())
-        command = attention_command(config).const({
-            "seq_q": shape.seq_q, "seq_kv": shape.seq_kv, "kv_heads": shape.kv_heads,
-            "rep": shape.rep, "head_words": shape.head_words(word), "causal": shape.causal,
-            "score_mult": params.score_mult, "score_shift": params.score_shift,
-            "out_mult": params.out_mult, "out_shift": params.out_shift})
+        command = attention_command(config).const(command_fields(config, shape, params))
         await StreamSource(dut, "cmd").send([command.as_bits()])
         await RisingEdge(dut.clk)
         assert not int(dut.error.value), f"the attention unit refused {case}"
@@ -96,17 +80,11 @@ async def attention_bit_exact(dut):
     dut.data__valid.value = 0
     dut.out__ready.value = 0
     await reset(dut)
-    reports, failures = [], []
-    for case in params["cases"]:
-        report = await AttentionTB(dut, config, rng).run(case)
-        reports.append(report)
-        name = (f"Lq={case['seq_q']} Lkv={case['seq_kv']} H={case['heads']}/{case['kv_heads']} "
-                f"D={case['head_dim']} causal={case.get('causal', False)} {case.get('kind', 'random')}")
-        dut._log.info(f"{name}: {report['busy_cycles']} cycles, "
-                      f"{len(report['mismatches'])} mismatches")
-        if report["mismatches"]:
-            failures.append(f"{name}: {report['mismatches'][:3]}")
-    if params.get("report_file"):
-        with open(params["report_file"], "w") as file:
-            json.dump(reports, file, indent=1)
-    assert not failures, f"attention output differs from the golden model: {failures}"
+    await check_cases(dut, params["cases"], AttentionTB(dut, config, rng).run, describe,
+                      "attention outputs")
+
+
+def describe(case: dict, report: dict) -> str:
+    return (f"Lq={case['seq_q']} Lkv={case['seq_kv']} H={case['heads']}/{case['kv_heads']} "
+            f"D={case['head_dim']} causal={case.get('causal', False)} {case.get('kind', 'random')}: "
+            f"{report['busy_cycles']} cycles, {len(report['mismatches'])} mismatches")

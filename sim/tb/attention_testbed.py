@@ -10,7 +10,6 @@ Parameters: ``config`` (preset), ``overrides`` (AccelConfig fields), ``cases`` (
 
 from __future__ import annotations
 
-import json
 import time
 
 import cocotb
@@ -18,16 +17,16 @@ import torch
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, with_timeout
 
 from ...config import preset
-from ...hw.attention import ATTENTION_COUNTERS, sequencer_command
-from ...sw.attention import attention_cycles, attention_fixed, random_inputs
+from ...hw.attention import ATTENTION_COUNTERS, command_fields, sequencer_command
+from ...sw.attention import as_words, attention_cycles, attention_fixed, random_inputs
 from ..attention_testbed import testbed_words
-from ..harness import reset, tb_params
-from .attention import case_shape, output_words
+from ..harness import check_cases, reset, tb_params
+from .attention import case_shape, describe
 
 
 def word_bits(rows: torch.Tensor, word: int) -> list[int]:
     """``[rows, heads, dim]`` int8 -> the memory words as integers (lane 0 in the low byte)."""
-    words = output_words(rows, word)
+    words = as_words(rows, word)
     return [int.from_bytes(bytes(x & 0xFF for x in w), "little") for w in words]
 
 
@@ -40,7 +39,7 @@ async def run_case(dut, config, case: dict) -> dict:
     shape = case_shape(case)
     q, k, v, params = random_inputs(shape, case.get("kind", "random"), case["seed"])
     started = time.monotonic()
-    expected = output_words(attention_fixed(q, k, v, shape, params), word)
+    expected = as_words(attention_fixed(q, k, v, shape, params), word)
     golden_s = time.monotonic() - started
     images = [word_bits(t, word) for t in (q, k, v)]
     q_base, k_base = 0, len(images[0])
@@ -56,11 +55,7 @@ async def run_case(dut, config, case: dict) -> dict:
         await RisingEdge(dut.clk)
     dut.load__en.value = 0
     command = sequencer_command(config, len(dut.load__addr)).const({
-        "attention": {
-            "seq_q": shape.seq_q, "seq_kv": shape.seq_kv, "kv_heads": shape.kv_heads,
-            "rep": shape.rep, "head_words": shape.head_words(word), "causal": shape.causal,
-            "score_mult": params.score_mult, "score_shift": params.score_shift,
-            "out_mult": params.out_mult, "out_shift": params.out_shift},
+        "attention": command_fields(config, shape, params),
         "q_base": q_base, "k_base": k_base, "v_base": v_base, "o_base": o_base})
     dut.cmd__payload.value = command.as_bits()
     dut.cmd__valid.value = 1
@@ -103,15 +98,5 @@ async def attention_calls_bit_exact(dut):
     dut.load__en.value = 0
     dut.dump__en.value = 0
     await reset(dut)
-    reports, failures = [], []
-    for case in params["cases"]:
-        report = await run_case(dut, config, case)
-        reports.append(report)
-        dut._log.info(f"{case}: {report['busy_cycles']} cycles, {len(report['mismatches'])} "
-                      f"mismatches")
-        if report["mismatches"]:
-            failures.append(f"{case}: {report['mismatches'][:3]}")
-    if params.get("report_file"):
-        with open(params["report_file"], "w") as file:
-            json.dump(reports, file, indent=1)
-    assert not failures, f"attention output differs from the golden model: {failures}"
+    await check_cases(dut, params["cases"], lambda case: run_case(dut, config, case), describe,
+                      "attention outputs")

@@ -12,7 +12,6 @@ Parameters: ``config`` (preset name), ``cases`` (list of dicts: ``kind`` linear 
 
 from __future__ import annotations
 
-import json
 import random
 
 import cocotb
@@ -28,7 +27,7 @@ from ...sw.quantized import QuantizedExpert, QuantizedLinear, QuantizedMoE, quan
 from ...sw.models import build_model
 from ...sw.reference import Expert, MoELayer, MoESpec
 from ...sw.sparsity import prune
-from ..harness import StallGenerator, reset, start_clock, tb_params
+from ..harness import StallGenerator, check_cases, reset, start_clock, tb_params
 from .streams import StreamSink, StreamSource
 
 PERF_FIELDS = ("busy_cycles", "mac_cycles", "weight_wait", "output_wait")
@@ -240,20 +239,15 @@ async def cases_bit_exact(dut):
     rng = random.Random(cocotb.RANDOM_SEED)
     tb = FFNTB(dut, config, rng)
     await tb.start()
-    reports, failures = [], []
-    for case in params["cases"]:
-        report = await run_case(tb, case, rng)
-        reports.append(report)
-        name = (f"{case['kind']} {case.get('model', case.get('activation'))} {case['pattern']} "
-                f"T={case['tokens']} D={case.get('d_model')} F={case.get('d_ff')}")
-        dut._log.info(f"{name}: {report['busy_cycles']} cycles (ideal {report['ideal_cycles']}), "
-                      f"{report['mismatches']} of {report['values']} values differ")
-        if report["mismatches"]:
-            failures.append(name)
-    if params.get("report_file"):
-        with open(params["report_file"], "w") as file:
-            json.dump(reports, file, indent=1)
-    assert not failures, f"values differ from the golden model in: {failures}"
+
+    def describe(case, report):
+        return (f"{case['kind']} {case.get('model', case.get('activation'))} {case['pattern']} "
+                f"T={case['tokens']} D={case.get('d_model')} F={case.get('d_ff')}: "
+                f"{report['busy_cycles']} cycles (ideal {report['ideal_cycles']}), "
+                f"{report['mismatches']} of {report['values']} values differ")
+
+    await check_cases(dut, params["cases"], lambda case: run_case(tb, case, rng), describe,
+                      "values")
 
 
 @cocotb.test()

@@ -12,7 +12,6 @@ tokens and router weights itself), optional ``report_file``.
 
 from __future__ import annotations
 
-import json
 import random
 
 import cocotb
@@ -25,7 +24,7 @@ from ...hw.layouts import (RouterMode, bias_write, dispatch_entry, router_comman
 from ...sw import numerics as nx
 from ...sw.quantized import QuantizedLinear, QuantizedRouter, dispatch_overflow, dispatch_table
 from ...sw.reference import MoESpec
-from ..harness import StallGenerator, reset, start_clock, tb_params
+from ..harness import StallGenerator, check_cases, reset, start_clock, tb_params
 from .streams import StreamSource
 
 
@@ -146,17 +145,12 @@ async def dispatch_tables_bit_exact(dut):
     dut.table_read__en.value = 0
     dut.count_read__en.value = 0
     await reset(dut)
-    reports, failures = [], []
-    for case in params["cases"]:
-        report = await RouterTB(dut, config, rng, case.get("idle", 0.3)).run(case)
-        reports.append(report)
-        name = (f"{case['mode']} E={case['experts']} k={case['k']} T={case['tokens']} "
-                f"{case['logits']}")
-        dut._log.info(f"{name}: {report['cycles']} cycles, overflow {report['overflow']}, "
-                      f"{len(report['mismatches'])} mismatches")
-        if report["mismatches"]:
-            failures.append(f"{name}: {report['mismatches'][:3]}")
-    if params.get("report_file"):
-        with open(params["report_file"], "w") as file:
-            json.dump(reports, file, indent=1)
-    assert not failures, f"dispatch tables differ from the golden model: {failures}"
+
+    def describe(case, report):
+        return (f"{case['mode']} E={case['experts']} k={case['k']} T={case['tokens']} "
+                f"{case['logits']}: {report['cycles']} cycles, overflow {report['overflow']}, "
+                f"{len(report['mismatches'])} mismatches")
+
+    await check_cases(dut, params["cases"],
+                      lambda case: RouterTB(dut, config, rng, case.get("idle", 0.3)).run(case),
+                      describe, "dispatch tables")
