@@ -29,9 +29,11 @@ test: $(STAMP)
 sim: $(STAMP)
 	$(PYTEST) -n $(JOBS) -q -m sim
 
-# Cycle benchmarks in RTL simulation (long): writes build/bench/expert_ffn.md.
+# Cycle benchmarks in RTL simulation (long): writes build/bench/expert_ffn.md and attention.json.
 bench: $(STAMP)
 	$(VENV)/bin/moeaccel bench sweep --out build/bench/expert_ffn.md
+	$(VENV)/bin/moeaccel bench attention --seq 512 --heads 8 --head-dim 64 --json \
+		> build/bench/attention.json
 
 clean:
 	rm -rf build .pytest_cache .hypothesis

@@ -36,7 +36,13 @@ def _ffn_engine(config):
     return FFNEngine(config)
 
 
-BLOCKS = {"mac-array": _mac_array, "epilogue": _epilogue, "ffn-engine": _ffn_engine}
+def _attention(config):
+    from ..hw.attention import Attention
+    return Attention(config)
+
+
+BLOCKS = {"mac-array": _mac_array, "epilogue": _epilogue, "ffn-engine": _ffn_engine,
+          "attention": _attention}
 
 
 def synthesize(block: str, config_name: str) -> dict:

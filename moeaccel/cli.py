@@ -15,7 +15,6 @@ PLANNED = {
     "boards": "the board descriptions",
     "build": "bitstream builds for a board",
     "flash": "loading a bitstream onto a board",
-    "disasm": "disassembly of an instruction stream",
 }
 
 
@@ -65,6 +64,18 @@ def _planned(name):
     return run
 
 
+def _disasm(args) -> int:
+    from .config import preset
+    from .isa import disassemble
+    try:
+        program = args.program.read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read {args.program}: {error.strerror}") from None
+    for line in disassemble(preset(args.config), program):
+        print(line)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="moeaccel", description="Mixture-of-Experts inference on "
                                    "FPGAs: RTL, golden model, compiler and runtime.")
@@ -94,6 +105,11 @@ def parser() -> argparse.ArgumentParser:
 
     from .bench import add_arguments as add_bench
     add_bench(commands)
+
+    disasm = commands.add_parser("disasm", help="print an instruction stream, every field by name")
+    disasm.add_argument("program", type=Path, help="the instruction bytes (docs/isa.md)")
+    disasm.add_argument("--config", default="pynq-z2", help="preset the program was built for")
+    disasm.set_defaults(run=_disasm)
 
     for name, what in PLANNED.items():
         planned = commands.add_parser(name, help=f"{what} (not in this version yet)")
