@@ -29,7 +29,7 @@ from .config import AccelConfig, preset
 __all__ = ["INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Queue", "QUEUE_OF", "Buffer",
            "VectorOp", "ErrorCode", "DEPS", "ADDRESS_BITS", "transfer_body", "expert_loop_body",
            "attention_body", "vector_body", "instruction_layout", "Instruction", "encode",
-           "decode", "disassemble", "markdown"]
+           "decode", "disassemble", "markdown", "Program"]
 
 INSTRUCTION_BITS = 256
 INSTRUCTION_BYTES = INSTRUCTION_BITS // 8
@@ -316,6 +316,98 @@ def decode(config: AccelConfig, program: bytes) -> list[Instruction]:
         deps = _plain(view.deps, DEPS, where)
         out.append(Instruction(opcode, fields, **{k: bool(v) for k, v in deps.items()}))
     return out
+
+
+class Program:
+    """A program written instruction by instruction (the assembler level the tests and the compiler's
+    emitter use). Each method appends one instruction and returns the program, so calls chain;
+    the keyword arguments ``pop_prev``, ``pop_next``, ``push_prev``, ``push_next`` set its tokens.
+
+        program = (Program(config)
+                   .load(Buffer.ACT0, dram=x, rows=tokens, row_bytes=d_model, push_next=True)
+                   .linear(pop_prev=True, **pass_fields)
+                   .finish())
+        blob = program.encode()
+    """
+
+    def __init__(self, config: AccelConfig):
+        self.config = config
+        self.instructions: list[Instruction] = []
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    def __iter__(self):
+        return iter(self.instructions)
+
+    def add(self, opcode: Opcode, fields: dict | None = None, *, pop_prev=False, pop_next=False,
+            push_prev=False, push_next=False) -> "Program":
+        self.instructions.append(Instruction(opcode, dict(fields or {}), pop_prev, pop_next,
+                                             push_prev, push_next))
+        return self
+
+    def _transfer(self, opcode, buffer, dram, rows, row_bytes, sram, dram_stride, sram_stride,
+                  pattern, tokens):
+        fields = {"buffer": buffer, "dram": dram, "rows": rows, "row_bytes": row_bytes,
+                  "sram": sram, "dram_stride": row_bytes if dram_stride is None else dram_stride,
+                  "sram_stride": 0 if sram_stride is None else sram_stride, "pattern": pattern}
+        return self.add(opcode, fields, **tokens)
+
+    def load(self, buffer: Buffer, *, dram: int, rows: int = 1, row_bytes: int, sram: int = 0,
+             dram_stride: int | None = None, sram_stride: int | None = None, pattern: int = 0,
+             **tokens) -> "Program":
+        """DRAM -> `buffer`; rows `dram_stride` bytes apart (default: packed)."""
+        return self._transfer(Opcode.LOAD, buffer, dram, rows, row_bytes, sram, dram_stride,
+                              sram_stride, pattern, tokens)
+
+    def store(self, buffer: Buffer, *, dram: int, rows: int = 1, row_bytes: int, sram: int = 0,
+              dram_stride: int | None = None, sram_stride: int | None = None,
+              **tokens) -> "Program":
+        """`buffer` -> DRAM; rows `dram_stride` bytes apart (default: packed)."""
+        return self._transfer(Opcode.STORE, buffer, dram, rows, row_bytes, sram, dram_stride,
+                              sram_stride, 0, tokens)
+
+    def linear(self, command: dict, **tokens) -> "Program":
+        """One Expert-FFN pass: `command` holds `hw.layouts.ffn_command` fields
+        (`sw.ffn.FFNPass.command()`)."""
+        return self.add(Opcode.LINEAR, command, **tokens)
+
+    def route(self, command: dict, **tokens) -> "Program":
+        """A router run: `hw.layouts.router_command` fields."""
+        return self.add(Opcode.ROUTE, command, **tokens)
+
+    def expert_loop(self, *, experts: int, table: int, d_model: int, d_ff: int, pattern: int = 0,
+                    swiglu: bool = True, prefetch: bool = True, **tokens) -> "Program":
+        return self.add(Opcode.EXPERT_LOOP, {
+            "experts": experts, "table": table, "d_model": d_model, "d_ff": d_ff,
+            "pattern": pattern, "swiglu": int(swiglu), "prefetch": int(prefetch)}, **tokens)
+
+    def attention(self, shape, params, *, q: int, k: int, v: int, o: int, **tokens) -> "Program":
+        """An attention call (`sw.attention.AttentionShape`, `AttentionParams`) over Q, K, V rows
+        at DRAM offsets `q`, `k`, `v`, writing O at `o`."""
+        from .hw.attention import command_fields
+        return self.add(Opcode.ATTENTION, {
+            "command": command_fields(self.config, shape, params), "q": q, "k": k, "v": v,
+            "o": o}, **tokens)
+
+    def vector(self, op: VectorOp, *, rows: int, width: int, a: Buffer, dst: Buffer,
+               b: Buffer = Buffer.ACT0, params: int = 0, multiplier: int = 1 << 14,
+               shift: int = 14, **tokens) -> "Program":
+        return self.add(Opcode.VECTOR, {
+            "op": op, "rows": rows, "width": width, "a": a, "b": b, "dst": dst,
+            "params": params, "multiplier": multiplier, "shift": shift}, **tokens)
+
+    def sync(self, **tokens) -> "Program":
+        return self.add(Opcode.SYNC, **tokens)
+
+    def finish(self, **tokens) -> "Program":
+        return self.add(Opcode.FINISH, **tokens)
+
+    def encode(self) -> bytes:
+        return encode(self.config, self.instructions)
+
+    def disassemble(self) -> list[str]:
+        return disassemble(self.config, self.encode())
 
 
 def _format(fields: dict) -> str:

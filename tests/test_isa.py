@@ -131,3 +131,24 @@ def test_disasm_command(tmp_path, capsys):
     program.write_bytes(bytes(40))
     assert main(["disasm", str(program), "--config", "tiny"]) == 2
     assert "whole 32-byte instructions" in capsys.readouterr().err
+
+
+def test_program_builder_writes_what_it_says():
+    from moeaccel.sw.attention import AttentionParams, AttentionShape
+    config = preset("pynq-z2")
+    shape = AttentionShape(16, 16, 8, 2, 64, causal=True)
+    params = AttentionParams(20000, 20, 16384, 22)
+    program = (isa.Program(config)
+               .load(isa.Buffer.ACT0, dram=0x100, rows=16, row_bytes=512, push_next=True)
+               .attention(shape, params, q=0x1000, k=0x3000, v=0x5000, o=0x7000, pop_prev=True,
+                          push_next=True)
+               .store(isa.Buffer.OUT, dram=0x9000, rows=16, row_bytes=2048, pop_prev=True)
+               .sync().finish())
+    decoded = isa.decode(config, program.encode())
+    assert [i.opcode for i in decoded] == [isa.Opcode.LOAD, isa.Opcode.ATTENTION, isa.Opcode.STORE,
+                                           isa.Opcode.SYNC, isa.Opcode.FINISH]
+    assert decoded[0].fields["dram_stride"] == 512 and decoded[0].push_next
+    assert decoded[1].fields["command"]["rep"] == 4 and decoded[1].fields["command"]["causal"] == 1
+    assert decoded[1].fields["command"]["head_words"] == 8 and decoded[1].fields["o"] == 0x7000
+    assert decoded[2].queue is isa.Queue.STORE and decoded[2].pop_prev
+    assert len(program.disassemble()) == 5
