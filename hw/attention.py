@@ -126,12 +126,16 @@ class Attention(wiring.Component):
 
     @staticmethod
     def onchip_bytes(config: AccelConfig) -> int:
-        """Bytes of the unit's memories and score registers (independent of sequence length)."""
+        """Bytes of the unit's memories and its wide registers (partial scores, pipeline, dividers),
+        for the configuration's limits; none of them is sized by a sequence length."""
         group, word, row_words = config.attention_group, config.axi_data_bytes, config.attention_row_words
         widths = attention_widths(config)
+        registers = (widths["score"] + sa.LOGIT_BITS                   # S1 score, S2 logit
+                     + 2 * widths["sum"] + sa.RECIP_BITS + 1)          # divider
         bits = (group * row_words * word * (8 + widths["acc"])           # Q words, accumulators
                 + group * config.max_heads * _state_bits(config)       # softmax state
-                + group * config.max_heads * widths["score"])           # partial scores
+                + group * config.max_heads * widths["score"]            # partial scores
+                + group * registers)
         return -(-bits // 8)
 
     def elaborate(self, platform):
@@ -407,7 +411,8 @@ class Attention(wiring.Component):
                 take_word(False, k_done)
 
             with m.State("K_SETTLE"):                  # the last heads' softmax updates finish
-                with m.If(~a_valid & ~s1_valid & ~s2_valid):
+                # S2 may still write this cycle: the first V read, next cycle, sees the write
+                with m.If(~a_valid & ~s1_valid):
                     restart_row()
                     m.next = "V_ROW"
 
@@ -510,7 +515,9 @@ class AttentionSequencer(wiring.Component):
     words : stream of `layouts.attention_word(config)` into the unit's ``data``
     results : stream of `layouts.attention_word(config)` from the unit's ``out``; always taken
     read, write : the memory's read and write ports
+    abort : the unit refused the call (its ``error``): stop and go idle
     busy : words remain to be read or written
+    reads, writes : words read from and written to the memory since the last call began
     """
 
     def __init__(self, config: AccelConfig, address_bits: int):
@@ -523,7 +530,10 @@ class AttentionSequencer(wiring.Component):
             "results": In(stream.Signature(word)),
             "read": In(memory.ReadPort.Signature(addr_width=address_bits, shape=word)),
             "write": In(memory.WritePort.Signature(addr_width=address_bits, shape=word)),
+            "abort": In(1),
             "busy": Out(1),
+            "reads": Out(32),
+            "writes": Out(32),
         })
 
     def elaborate(self, platform):
@@ -553,13 +563,16 @@ class AttentionSequencer(wiring.Component):
                      self.words.payload.eq(self.read.data)]
         with m.If(advance):
             m.d.sync += self.words.valid.eq(issuing)
+        with m.If(advance & issuing):
+            m.d.sync += self.reads.eq(self.reads + 1)
 
         # writes: every output word to the next O address
         m.d.comb += [self.results.ready.eq(1), self.write.addr.eq(o_address),
                      self.write.data.eq(self.results.payload),
                      self.write.en.eq(self.results.valid)]
         with m.If(self.results.valid):
-            m.d.sync += [o_address.eq(o_address + 1), outputs_left.eq(outputs_left - 1)]
+            m.d.sync += [o_address.eq(o_address + 1), outputs_left.eq(outputs_left - 1),
+                         self.writes.eq(self.writes + 1)]
             with m.If(outputs_left == 1):
                 m.d.sync += self.busy.eq(0)
 
@@ -574,8 +587,14 @@ class AttentionSequencer(wiring.Component):
                                  first_row.eq(0), q_address.eq(c.q_base), o_address.eq(c.o_base),
                                  row0_position.eq(c.attention.seq_kv - c.attention.seq_q),
                                  outputs_left.eq(c.attention.seq_q * heads * c.attention.head_words),
-                                 self.busy.eq(1)]
+                                 self.busy.eq(1), self.reads.eq(0), self.writes.eq(0)]
                     m.next = "GROUP"
+
+            def stop_if_refused():
+                """The unit refused the call: no word will ever be taken."""
+                with m.If(self.abort):
+                    m.d.sync += [self.busy.eq(0), self.words.valid.eq(0)]
+                    m.next = "IDLE"
 
             with m.State("GROUP"):
                 group_rows, group_keys = group_extent(call, first_row, row0_position, group)
@@ -583,14 +602,16 @@ class AttentionSequencer(wiring.Component):
                              count.eq(group_rows * row_q), k_address.eq(cmd.k_base),
                              v_address.eq(cmd.v_base)]
                 m.next = "Q"
+                stop_if_refused()
 
             def part(pointer, then):
                 """Read `count` words from `pointer` on; then `then()`."""
-                m.d.comb += [address.eq(pointer), issuing.eq(1)]
+                m.d.comb += [address.eq(pointer), issuing.eq(~self.abort)]
                 with m.If(advance):
                     m.d.sync += [pointer.eq(pointer + 1), count.eq(count - 1)]
                     with m.If(count == 1):
                         then()
+                stop_if_refused()
 
             with m.State("Q"):
                 def q_done():

@@ -148,10 +148,11 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
         "model_cycles": model["total"], "macs": macs,
         "onchip_bytes": attention_state_bytes(config, shape),
         "onchip_capacity_bytes": Attention.onchip_bytes(config),
-        "dram_bytes": (report["words_in"] + report["words_out"]) * word,
+        "dram_bytes": (report["dram_reads"] + report["dram_writes"]) * word,
         "dram_bytes_formula": traffic["total"],
         "dram_formula": "Q once + (K + V) once per query group + O once: "
                         f"{traffic['q']} + {traffic['kv']} + {traffic['o']}",
+        "unit_words": report["words_in"] + report["words_out"],
         "input_wait_cycles": report["input_wait"],
         "bit_exact": not report["mismatches"],
     }

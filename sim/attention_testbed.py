@@ -56,6 +56,8 @@ class AttentionTestbed(wiring.Component):
             "busy": Out(1),
             "error": Out(1),
             "perf": Out(ATTENTION_COUNTERS),
+            "dram_reads": Out(32),
+            "dram_writes": Out(32),
         })
 
     def elaborate(self, platform):
@@ -83,5 +85,8 @@ class AttentionTestbed(wiring.Component):
             self.busy.eq(unit.busy | sequencer.busy),
             self.error.eq(unit.error),
             self.perf.eq(unit.perf),
+            sequencer.abort.eq(unit.error),
+            self.dram_reads.eq(sequencer.reads),
+            self.dram_writes.eq(sequencer.writes),
         ]
         return m

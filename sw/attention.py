@@ -273,12 +273,13 @@ def check_fits(shape: AttentionShape, config) -> None:
                          f"the {config.name} configuration holds (max_d_model={config.max_d_model})")
 
 
-SETTLE_CYCLES = 4        # K row -> V row: the last heads' softmax updates leave the pipeline
+SETTLE_CYCLES = 3        # K row -> V row: the last heads' softmax updates leave the pipeline
 DIVIDE_CYCLES = RECIP_BITS + 4      # per head: read the sums, 41 quotient bits, store
 
 
 def attention_cycles(shape: AttentionShape, group: int, word: int) -> dict:
-    """Cycles of `hw.attention.Attention` fed a word every cycle with no backpressure, by phase.
+    """Cycles of `hw.attention.Attention` fed by `AttentionSequencer` from a memory answering a
+    read a cycle later (a word every cycle after the first), with no backpressure, by phase.
 
     Per group: a cycle to start it, its Q words; per key, the K row and the V row (``heads x head_words`` cycles each: a
     word is held for each query head that shares it) and the settle between them; one reciprocal
@@ -309,7 +310,7 @@ def attention_macs(shape: AttentionShape) -> int:
     return 2 * visible * shape.heads * shape.head_dim
 
 
-INPUT_KINDS = ("random", "extreme", "peaked")
+INPUT_KINDS = ("random", "extreme", "peaked", "flat")
 
 
 def random_inputs(shape: AttentionShape, kind: str = "random", seed: int = 0):
@@ -318,7 +319,8 @@ def random_inputs(shape: AttentionShape, kind: str = "random", seed: int = 0):
     ``random``: uniform int8 with the scales of unit-variance data; ``extreme``: every value -128 or
     127 and a logit scale so large that the Q8 logits saturate (a naive exp would overflow);
     ``peaked``: random, with a few keys whose scores dwarf the rest, arriving late so the running
-    maximum jumps and the accumulators are rescaled.
+    maximum jumps and the accumulators are rescaled; ``flat``: Q all zero, so every key weighs the
+    same and the running sum reaches its largest value (``keys x 1.0``).
     """
     if kind not in INPUT_KINDS:
         raise ValueError(f"attention input kind must be one of {', '.join(INPUT_KINDS)}, not {kind!r}")
@@ -332,6 +334,8 @@ def random_inputs(shape: AttentionShape, kind: str = "random", seed: int = 0):
     q = torch.randint(-127, 128, q_shape, generator=g)
     k = torch.randint(-127, 128, kv_shape, generator=g)
     v = torch.randint(-128, 128, kv_shape, generator=g)
+    if kind == "flat":
+        q.zero_()
     if kind == "peaked":       # keys in the second half that match query 0 (its kv heads' first)
         count = max(1, shape.seq_kv // 8)
         late = shape.seq_kv // 2 + torch.randperm(shape.seq_kv - shape.seq_kv // 2, generator=g)[:count]

@@ -102,8 +102,9 @@ def test_attention_unit_streams_keys_once_per_group_and_takes_peaked_inputs():
 MUTANTS = {
     # exp of an argument a quarter too low (a misaligned table index)
     "exp": ("exp_fixed", lambda original: lambda d: original(d - 64)),
-    # the rescale and the running sum drop one more bit than Q15 keeps
-    "rescale": ("round_shift", lambda original: lambda value, shift: original(value, shift + 1)),
+    # the rescale and the running sum (the Q15 round_shifts) drop one more bit than Q15 keeps
+    "rescale": ("round_shift",
+                lambda original: lambda value, shift: original(value, shift + (shift == 15))),
 }
 
 
@@ -145,3 +146,33 @@ def test_unit_refuses_a_bad_command(fields):
     sim.add_testbench(drive)
     sim.run()
     assert seen["error"] == 1 and seen["busy"] == 0 and not any(seen["ready"])
+
+
+def test_sequencer_stops_when_the_unit_refuses_the_call():
+    from moeaccel.hw.attention import AttentionSequencer, sequencer_command
+    config = preset("tiny")
+    dut = AttentionSequencer(config, 12)
+    shape = AttentionShape(4, 8, 2, 2, 8)
+    params = AttentionParams(20000, 14, 16384, 22)
+    seen = {}
+
+    async def drive(ctx):
+        ctx.set(dut.cmd.valid, 1)
+        ctx.set(dut.cmd.payload, sequencer_command(config, 12).const({
+            "attention": command_fields(config, shape, params), "q_base": 0, "k_base": 64,
+            "v_base": 128, "o_base": 192}))
+        await ctx.tick()
+        ctx.set(dut.cmd.valid, 0)
+        await ctx.tick().repeat(3)
+        seen["busy_before"] = ctx.get(dut.busy)
+        ctx.set(dut.abort, 1)
+        await ctx.tick().repeat(2)
+        ctx.set(dut.abort, 0)
+        seen["busy_after"], seen["valid_after"] = ctx.get(dut.busy), ctx.get(dut.words.valid)
+        seen["ready_again"] = ctx.get(dut.cmd.ready)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(drive)
+    sim.run()
+    assert seen == {"busy_before": 1, "busy_after": 0, "valid_after": 0, "ready_again": 1}

@@ -85,6 +85,7 @@ async def run_case(dut, config, case: dict) -> dict:
     mismatches = [f"word {i}: {got}, expected {want}"
                   for i, (got, want) in enumerate(zip(received, expected)) if got != want]
     return {**case, **{name: int(getattr(perf, name)) for name in ATTENTION_COUNTERS.members},
+            "dram_reads": int(dut.dram_reads.value), "dram_writes": int(dut.dram_writes.value),
             "mismatches": mismatches, "golden_s": round(golden_s, 2),
             "simulate_s": round(simulate_s, 2)}
 
