@@ -94,6 +94,7 @@ class ErrorCode(enum.Enum, shape=4):
     DMA_WINDOW = 3            # a LOAD/STORE (or a descriptor) outside the granted DMA window
     WATCHDOG = 4              # the run exceeded its cycle budget
     DEADLOCK = 5              # every queue waits for a token no instruction will push
+    NO_FINISH = 6             # the program ended without FINISH
 
 
 DEPS = data.StructLayout({
