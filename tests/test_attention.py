@@ -100,3 +100,13 @@ def test_bench_attention_refuses_what_the_configuration_cannot_hold(capsys):
                  "--config", "tiny"]) == 2
     assert capsys.readouterr().err == ("moeaccel bench: attention seq_q=2048 exceeds the tiny "
                                        "configuration's limit of 1024\n")
+
+
+@pytest.mark.sim
+def test_attention_bit_exact_on_pynq_z2():
+    """The benchmark's preset: 8 heads of 64 (a 64-word row), GQA and causal, under stalls."""
+    run_attention("pynq-z2", [
+        _case(9, 13, 8, 2, 64, causal=True, seed=30),
+        _case(5, 7, 16, 16, 64, kind="peaked", seed=31),                  # the widest row, 128 words
+        _case(4, 6, 8, 1, 96, kind="extreme", seed=32),
+    ])
