@@ -18,12 +18,34 @@ from .config import SparsityPattern, preset
 __all__ = ["bench_expert_ffn", "bench_router", "bench_attention", "sweep", "add_arguments"]
 
 
+def _simulate_case(component, toplevel: str, config_name: str, case: dict, what: str,
+                   **options) -> dict:
+    """One case through `component`'s cocotb testbench (``moeaccel.sim.tb.<toplevel>``); its
+    report. A failing simulation with no report prints the log's tail and raises."""
+    from .sim.harness import run_cocotb
+
+    with tempfile.TemporaryDirectory() as scratch:
+        report_file = Path(scratch) / "report.json"
+        log_file = Path(scratch) / "sim.log"
+        print(f"simulating {what} on {config_name} ...", file=sys.stderr, flush=True)
+        try:
+            run_cocotb(component, toplevel=toplevel, test_module=f"moeaccel.sim.tb.{toplevel}",
+                       build_key=config_name, timeout_s=3600, log_file=log_file,
+                       parameters={"config": config_name, "overrides": {}, "cases": [case],
+                                   "report_file": str(report_file)}, **options)
+        except AssertionError:
+            if not report_file.exists():
+                print(log_file.read_text()[-4000:], file=sys.stderr)
+                raise
+        (report,) = json.loads(report_file.read_text())
+    return report
+
+
 def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dense",
                      activation: str = "swiglu", config_name: str = "pynq-z2",
                      seed: int = 0) -> dict:
     """Run one expert in RTL simulation; return the measured figures (see module doc)."""
     from .hw.ffn_engine import FFNEngine
-    from .sim.harness import run_cocotb
 
     config = preset(config_name)
     pattern = SparsityPattern.parse(sparsity)
@@ -31,22 +53,8 @@ def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dens
     _check_shape(config, tokens, d_model, d_ff, pattern, activation)
     case = dict(kind="expert", activation=activation, pattern=str(pattern), tokens=tokens,
                 d_model=d_model, d_ff=d_ff, seed=seed, weight_idle=0.0, backpressure=0.0)
-    with tempfile.TemporaryDirectory() as scratch:
-        report_file = Path(scratch) / "report.json"
-        log_file = Path(scratch) / "sim.log"
-        print(f"simulating {activation} expert T={tokens} D={d_model} F={d_ff} {pattern} on "
-              f"{config.name} ...", file=sys.stderr, flush=True)
-        try:
-            run_cocotb(FFNEngine(config), toplevel="ffn_engine",
-                       test_module="moeaccel.sim.tb.ffn_engine", build_key=config.name,
-                       parameters={"config": config.name, "cases": [case],
-                                   "report_file": str(report_file)},
-                       timeout_s=3600, log_file=log_file)
-        except AssertionError:
-            if not report_file.exists():
-                print(log_file.read_text()[-4000:], file=sys.stderr)
-                raise
-        (report,) = json.loads(report_file.read_text())
+    report = _simulate_case(FFNEngine(config), "ffn_engine", config.name, case,
+                            f"{activation} expert T={tokens} D={d_model} F={d_ff} {pattern}")
     return {
         "block": "expert-ffn", "config": config.name, "tokens": tokens, "d_model": d_model,
         "d_ff": d_ff, "sparsity": str(pattern), "activation": activation,
@@ -65,7 +73,6 @@ def bench_router(tokens: int, experts: int, k: int, mode: str, config_name: str 
     table. With `d_model` the router computes the logits from int8 tokens and router weights with
     its own GEMM; without, random logits stream in."""
     from .hw.router import Router
-    from .sim.harness import run_cocotb
     from .sw.reference import MoESpec
 
     config = preset(config_name)
@@ -79,19 +86,8 @@ def bench_router(tokens: int, experts: int, k: int, mode: str, config_name: str 
                              f"of {limit}")
     case = dict(mode=mode, experts=experts, k=k, tokens=tokens, logits="random", seed=seed,
                 groups=groups, topk_groups=topk_groups, idle=0.0, d_model=d_model)
-    with tempfile.TemporaryDirectory() as scratch:
-        report_file = Path(scratch) / "report.json"
-        print(f"simulating the router: {tokens} tokens, E={experts}, k={k}, {mode} on "
-              f"{config.name} ...", file=sys.stderr, flush=True)
-        try:
-            run_cocotb(Router(config), toplevel="router", test_module="moeaccel.sim.tb.router",
-                       build_key=config.name, timeout_s=3600, log_file=Path(scratch) / "sim.log",
-                       parameters={"config": config.name, "overrides": {}, "cases": [case],
-                                   "report_file": str(report_file)})
-        except AssertionError:
-            if not report_file.exists():
-                raise
-        (report,) = json.loads(report_file.read_text())
+    report = _simulate_case(Router(config), "router", config.name, case,
+                            f"the router: {tokens} tokens, E={experts}, k={k}, {mode}")
     return {"block": "router", "config": config.name, "tokens": tokens, "experts": experts,
             "k": k, "mode": mode, "d_model": d_model, "logits_gemm": bool(d_model),
             "router_lanes": config.router_lanes, "cycles": report["cycles"],
@@ -107,7 +103,6 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
     ``MACs / lanes``, on-chip and DRAM bytes against their formulas, bit-exactness."""
     from .hw.attention import Attention, attention_state_bytes
     from .sim.attention_testbed import WORD_RAM_VERILOG, AttentionTestbed
-    from .sim.harness import run_cocotb
     from .sw import attention as sa
 
     config = preset(config_name)
@@ -117,23 +112,10 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
     word, group = config.axi_data_bytes, config.attention_group
     case = dict(seq_q=shape.seq_q, seq_kv=shape.seq_kv, heads=heads, kv_heads=kv_heads,
                 head_dim=head_dim, causal=causal, kind=kind, seed=seed)
-    with tempfile.TemporaryDirectory() as scratch:
-        report_file = Path(scratch) / "report.json"
-        log_file = Path(scratch) / "sim.log"
-        print(f"simulating attention L={seq} H={heads}/{kv_heads} D={head_dim}"
-              f"{' causal' if causal else ''} on {config.name} ...", file=sys.stderr, flush=True)
-        try:
-            run_cocotb(AttentionTestbed(config), toplevel="attention_testbed",
-                       test_module="moeaccel.sim.tb.attention_testbed", build_key=config.name,
-                       parameters={"config": config.name, "cases": [case],
-                                   "report_file": str(report_file)},
-                       timeout_s=3600, log_file=log_file, free_clock_ns=10,
-                       extra_verilog=WORD_RAM_VERILOG)
-        except AssertionError:
-            if not report_file.exists():
-                print(log_file.read_text()[-4000:], file=sys.stderr)
-                raise
-        (report,) = json.loads(report_file.read_text())
+    report = _simulate_case(AttentionTestbed(config), "attention_testbed", config.name, case,
+                            f"attention L={seq} H={heads}/{kv_heads} D={head_dim}"
+                            f"{' causal' if causal else ''}", free_clock_ns=10,
+                            extra_verilog=WORD_RAM_VERILOG)
     lanes = config.attention_lanes
     macs = sa.attention_macs(shape)
     ideal = -(-macs // lanes)
