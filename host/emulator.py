@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import AccelConfig
-from ..isa import Buffer, ErrorCode, Instruction, Opcode, Queue, decode
+from ..isa import Buffer, DecodeError, ErrorCode, Instruction, Opcode, Queue, decode_one, split
 from ..sw import attention as sa
 from ..sw import numerics as nx
 
@@ -131,16 +131,26 @@ class Emulator:
         """
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+        undecodable = None
         if isinstance(program, (bytes, bytearray)):
-            try:
-                instructions = decode(self.config, bytes(program))
-            except ValueError as error:
-                code = (ErrorCode.ILLEGAL_OPCODE if "illegal opcode" in str(error)
-                        else ErrorCode.BAD_FIELD)
-                index = _leading_index(str(error))
-                return RunResult(code, index, str(error), 0, 0)
+            # The fetch unit stops at an instruction that does not decode: what comes before it
+            # runs, then its error is raised (unless the program finished or failed first).
+            instructions = []
+            for index, word in enumerate(split(bytes(program))):
+                try:
+                    instructions.append(decode_one(self.config, word, index))
+                except DecodeError as error:
+                    undecodable = error
+                    break
         else:
             instructions = list(program)
+        result = self._run(instructions, schedule, seed)
+        if undecodable is not None and result.status in (ErrorCode.NO_FINISH, ErrorCode.DEADLOCK):
+            return RunResult(undecodable.code, undecodable.index, str(undecodable), result.cycles,
+                             result.executed, result.busy_cycles)
+        return result
+
+    def _run(self, instructions: list[Instruction], schedule: str, seed: int) -> RunResult:
         rng = random.Random(seed)
         queues = {q: [i for i, ins in enumerate(instructions) if ins.queue is q] for q in Queue}
         heads = {q: 0 for q in Queue}
@@ -298,13 +308,3 @@ class Emulator:
         out = sa.attention_fixed(q, k, v, shape, params)
         o = fields["o"]
         self.dram[o:o + regions["o"]] = out.to(torch.int8).numpy().tobytes()
-
-
-def _leading_index(message: str) -> int | None:
-    words = message.split()
-    if len(words) > 1 and words[0] == "instruction":
-        try:
-            return int(words[1].rstrip(":"))
-        except ValueError:
-            return None
-    return None

@@ -29,7 +29,7 @@ from .config import AccelConfig, preset
 __all__ = ["INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Queue", "QUEUE_OF", "Buffer",
            "VectorOp", "ErrorCode", "DEPS", "ADDRESS_BITS", "transfer_body", "expert_loop_body",
            "attention_body", "vector_body", "instruction_layout", "Instruction", "encode",
-           "decode", "disassemble", "markdown", "Program"]
+           "decode", "decode_one", "split", "DecodeError", "disassemble", "markdown", "Program"]
 
 INSTRUCTION_BITS = 256
 INSTRUCTION_BYTES = INSTRUCTION_BITS // 8
@@ -292,31 +292,48 @@ def _check_range(layout, fields: dict, where: str) -> None:
                                  f"({low} .. {high})")
 
 
-def decode(config: AccelConfig, program: bytes) -> list[Instruction]:
-    """The instructions of a program's bytes. An opcode outside `Opcode` raises ValueError naming
-    the instruction (the hardware raises `ErrorCode.ILLEGAL_OPCODE`)."""
+class DecodeError(ValueError):
+    """An instruction that does not decode: ``index`` names it, ``code`` is the error the hardware
+    raises for it (`ErrorCode.ILLEGAL_OPCODE` or `ErrorCode.BAD_FIELD`)."""
+
+    def __init__(self, message: str, index: int, code: "ErrorCode"):
+        super().__init__(message)
+        self.index = index
+        self.code = code
+
+
+def decode_one(config: AccelConfig, word: bytes, index: int = 0) -> Instruction:
+    """One instruction from its `INSTRUCTION_BYTES` bytes; raises `DecodeError`."""
+    bits = int.from_bytes(word, "little")
+    raw = bits & ((1 << Opcode.as_shape().width) - 1)
+    try:
+        opcode = Opcode(raw)
+    except ValueError:
+        raise DecodeError(f"instruction {index}: illegal opcode {raw}", index,
+                          ErrorCode.ILLEGAL_OPCODE) from None
+    view = instruction_layout(config).from_bits(bits)
+    name = _body_name(opcode)
+    where = f"instruction {index} ({opcode.name})"
+    try:
+        fields = _plain(view.body[name], _bodies(config)[opcode], where) if name else {}
+    except ValueError as error:
+        raise DecodeError(str(error), index, ErrorCode.BAD_FIELD) from None
+    deps = _plain(view.deps, DEPS, where)
+    return Instruction(opcode, fields, **{k: bool(v) for k, v in deps.items()})
+
+
+def split(program: bytes) -> list[bytes]:
+    """A program's bytes as its instructions' words (refusing a partial instruction)."""
     if len(program) % INSTRUCTION_BYTES:
         raise ValueError(f"a program is whole {INSTRUCTION_BYTES}-byte instructions, not "
                          f"{len(program)} bytes")
-    layout = instruction_layout(config)
-    bodies = _bodies(config)
-    opcode_bits = Opcode.as_shape().width
-    out = []
-    for index in range(len(program) // INSTRUCTION_BYTES):
-        bits = int.from_bytes(program[index * INSTRUCTION_BYTES:(index + 1) * INSTRUCTION_BYTES],
-                              "little")
-        raw = bits & ((1 << opcode_bits) - 1)
-        try:
-            opcode = Opcode(raw)
-        except ValueError:
-            raise ValueError(f"instruction {index}: illegal opcode {raw}") from None
-        view = layout.from_bits(bits)
-        name = _body_name(opcode)
-        where = f"instruction {index} ({opcode.name})"
-        fields = _plain(view.body[name], bodies[opcode], where) if name else {}
-        deps = _plain(view.deps, DEPS, where)
-        out.append(Instruction(opcode, fields, **{k: bool(v) for k, v in deps.items()}))
-    return out
+    return [program[i:i + INSTRUCTION_BYTES] for i in range(0, len(program), INSTRUCTION_BYTES)]
+
+
+def decode(config: AccelConfig, program: bytes) -> list[Instruction]:
+    """The instructions of a program's bytes; the first that does not decode raises `DecodeError`
+    naming it (an opcode outside `Opcode`, a value outside its field's enum)."""
+    return [decode_one(config, word, index) for index, word in enumerate(split(program))]
 
 
 class Program:

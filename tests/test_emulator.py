@@ -180,3 +180,18 @@ def test_random_programs_end_with_a_defined_code():
 def test_buffers_follow_the_configuration():
     sizes = buffer_bytes(preset("pynq-z2"))
     assert sizes[Buffer.ACT0] == preset("pynq-z2").act_buffer_bytes and sizes[Buffer.TABLE] == 256
+
+
+def test_instructions_before_an_undecodable_one_run():
+    """The fetch unit stops at the bad word; what came before it has run."""
+    emulator = Emulator(CONFIG, 4096)
+    emulator.dram[:64] = bytes(range(64))
+    blob = bytearray(Program(CONFIG)
+                     .load(Buffer.ACT0, dram=0, row_bytes=64, push_next=True)
+                     .add(Opcode.NOP, pop_prev=True, push_next=True)
+                     .store(Buffer.ACT0, dram=1024, row_bytes=64, pop_prev=True)
+                     .sync().finish().encode())
+    blob[3 * isa.INSTRUCTION_BYTES] = 0x0F                 # the SYNC becomes an illegal opcode
+    result = emulator.run(bytes(blob))
+    assert (result.status, result.instruction) == (ErrorCode.ILLEGAL_OPCODE, 3)
+    assert bytes(emulator.dram[1024:1088]) == bytes(range(64))
