@@ -8,7 +8,9 @@ detected, a cycle budget is the watchdog) and never touches memory outside the w
 
 Timing is a model (`instruction_cycles`): each queue runs its instructions in order; an instruction
 starts when its queue is free and the tokens it pops have been pushed, so a load can overlap the
-compute before it exactly as far as the tokens allow.
+compute before it exactly as far as the tokens allow. ATTENTION and ROUTE take the cycles their
+units take in RTL simulation (`sw.attention.attention_cycles`, `hw.router.router_cycles`, both equal
+to the measured counts); LOAD and STORE a set-up plus a beat per bus word.
 
 Executed so far: LOAD, STORE, ATTENTION, SYNC, FINISH, NOP. LINEAR, ROUTE, EXPERT_LOOP and VECTOR
 decode and check, but running them raises `NotImplementedError` naming the opcode.
@@ -87,6 +89,9 @@ def instruction_cycles(config: AccelConfig, instruction: Instruction) -> int:
     if instruction.opcode in (Opcode.LOAD, Opcode.STORE):
         beats = fields["rows"] * -(-fields["row_bytes"] // bus)
         return TRANSFER_SETUP_CYCLES + beats
+    if instruction.opcode is Opcode.ROUTE:
+        from ..hw.router import router_cycles
+        return router_cycles(fields)
     if instruction.opcode is Opcode.ATTENTION:
         try:
             shape = _attention_shape(config, fields["command"])

@@ -23,10 +23,26 @@ from .arith import exp_fixed, round_shift, round_shift_saturate, sigmoid_fixed
 from .layouts import (RouterMode, bias_write, dispatch_entry, router_command, router_logit,
                       router_token, router_weight_write)
 
-__all__ = ["Router", "DIVIDE_CYCLES"]
+__all__ = ["Router", "DIVIDE_CYCLES", "router_cycles"]
 
 KEY_BITS = 20                      # selection keys: Q8 logits, or Q15 score + Q15 bias
 DIVIDE_CYCLES = nx.RECIP_BITS + 1  # one quotient bit a cycle
+
+
+def router_cycles(command: dict) -> int:
+    """Cycles of one run (`layouts.router_command` fields), its inputs arriving a word a cycle:
+    the counts cleared (E), then per token its logits (E streamed in, or the token's chunks and the
+    GEMM's E x chunks + 5), group scores and choice when group-limited (E + 1 + G + 1), selection
+    (E + 1), the chosen weights' sum (k, in the two renormalising modes), the reciprocal (1 + 47)
+    and the gates (k + 1)."""
+    experts, k, chunks = command["experts"], command["k"], command["chunks"]
+    mode = RouterMode(command["mode"])
+    load = chunks + experts * chunks + 5 if command["compute"] else experts
+    grouped = mode is RouterMode.SIGMOID_BIAS and command["groups"] > 1
+    token = (load + (experts + 1 + command["groups"] + 1 if grouped else 0) + experts + 1
+             + (k if mode in (RouterMode.SOFTMAX_TOPK_RENORM, RouterMode.SIGMOID_BIAS) else 0)
+             + 1 + DIVIDE_CYCLES + k + 1)
+    return experts + command["tokens"] * token
 
 
 class _TopK:

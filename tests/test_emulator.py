@@ -195,3 +195,18 @@ def test_instructions_before_an_undecodable_one_run():
     result = emulator.run(bytes(blob))
     assert (result.status, result.instruction) == (ErrorCode.ILLEGAL_OPCODE, 3)
     assert bytes(emulator.dram[1024:1088]) == bytes(range(64))
+
+
+def test_route_cycles_reproduce_the_router_benchmark():
+    """pynq-z2, 256 tokens, E = 64, k = 8, softmax_topk: 47 680 cycles with the logits streamed in
+    and 165 696 with the router's GEMM over d_model 256, as `moeaccel bench router` measured
+    (docs/router.md)."""
+    from moeaccel.host.emulator import instruction_cycles
+    from moeaccel.hw.layouts import RouterMode
+    config = preset("pynq-z2")
+    base = dict(tokens=256, experts=64, k=8, mode=RouterMode.SOFTMAX_TOPK, groups=1,
+                group_size=0, topk_groups=1, compute=0, chunks=0)
+    streamed = isa.Instruction(Opcode.ROUTE, base)
+    gemm = isa.Instruction(Opcode.ROUTE, dict(base, compute=1, chunks=256 // config.router_lanes))
+    assert instruction_cycles(config, streamed) == 47_680
+    assert instruction_cycles(config, gemm) == 165_696

@@ -81,3 +81,26 @@ def test_bench_router_refuses_what_the_configuration_cannot_hold(capsys):
     assert main(["bench", "router", "--tokens", "5", "--experts", "300", "--k", "2", "--mode",
                  "softmax_topk", "--config", "tiny"]) == 2
     assert "experts=300 exceeds the tiny configuration's limit of 64" in capsys.readouterr().err
+
+
+@pytest.mark.sim
+def test_router_cycles_equal_the_cycle_model(tmp_path):
+    """`hw.router.router_cycles` (the emulator's ROUTE cycles) against the RTL, every mode, logits
+    streamed and computed, groups."""
+    import json
+    from moeaccel.hw.layouts import RouterMode
+    from moeaccel.hw.router import router_cycles
+    cases = [_case("softmax_topk_renorm", 8, 2, 12, seed=1, idle=0.0),
+             _case("softmax_topk", 64, 8, 6, seed=2, idle=0.0),
+             _case("top1", 7, 1, 5, seed=3, idle=0.0),
+             _case("sigmoid_bias", 16, 4, 8, seed=4, groups=4, topk_groups=2, idle=0.0),
+             _case("softmax_topk", 6, 3, 4, seed=6, d_model=16, idle=0.0),
+             _case("sigmoid_bias", 16, 4, 4, seed=8, d_model=24, groups=4, topk_groups=2, idle=0.0)]
+    report_file = tmp_path / "report.json"
+    run_router("tiny", cases, report_file=report_file)
+    lanes = preset("tiny").router_lanes
+    for report in json.loads(report_file.read_text()):
+        command = dict(tokens=report["tokens"], experts=report["experts"], k=report["k"],
+                       mode=RouterMode[report["mode"].upper()], groups=report["groups"],
+                       compute=bool(report["d_model"]), chunks=-(-report["d_model"] // lanes))
+        assert report["cycles"] == router_cycles(command), report
