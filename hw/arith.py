@@ -1,10 +1,11 @@
 """Combinational pieces of the integer arithmetic of `sw.numerics`, shared by every datapath."""
 
-from amaranth.hdl import Array, Const, Mux, Value, signed
+from amaranth.hdl import Array, Cat, Const, Mux, Value, signed
 
 from ..sw import numerics as nx
 
-__all__ = ["round_shift", "round_shift_saturate", "exp_fixed", "sigmoid_fixed"]
+__all__ = ["round_shift", "round_shift_saturate", "exp_fixed", "sigmoid_fixed",
+           "reciprocal_step"]
 
 
 def round_shift(value: Value, shift: int) -> Value:
@@ -40,3 +41,14 @@ def sigmoid_fixed(logit: Value) -> Value:
     table = Array(Const(int(v), 16) for v in nx.SIGMOID_TABLE)
     low, high = table[index], table[index + 1]
     return low + (((high - low) * frac + 8) >> 4)
+
+
+def reciprocal_step(m, first: Value, remainder: Value, quotient: Value, divisor: Value) -> None:
+    """One cycle of the restoring division ``2**n // divisor``: the dividend's only set bit enters
+    on the `first` cycle, a zero on each later one; after ``n + 1`` cycles `quotient` holds the
+    result. Shared by the router's and the attention unit's reciprocals."""
+    shifted = Cat(first, remainder)
+    with m.If(shifted >= divisor):
+        m.d.sync += [remainder.eq(shifted - divisor), quotient.eq(Cat(1, quotient))]
+    with m.Else():
+        m.d.sync += [remainder.eq(shifted), quotient.eq(Cat(0, quotient))]

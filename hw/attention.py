@@ -21,14 +21,14 @@ with the sequence length. A group streams ``2 x keys x kv_heads x head_words`` w
 its V row (3 cycles), the reciprocals and the drain at the end of a group.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..sw import attention as sa
 from ..sw import numerics as nx
-from .arith import exp_fixed, round_shift, round_shift_saturate
+from .arith import exp_fixed, reciprocal_step, round_shift, round_shift_saturate
 from .layouts import attention_command, attention_word
 
 __all__ = ["Attention", "AttentionSequencer", "ATTENTION_COUNTERS", "attention_widths",
@@ -439,14 +439,9 @@ class Attention(wiring.Component):
                 m.d.sync += step.eq(0)
                 m.next = "DIVIDE"
 
-            with m.State("DIVIDE"):                    # the dividend 2**40: its only set bit first
+            with m.State("DIVIDE"):                    # 2**40 // sum, one bit a cycle
                 for g in range(group):
-                    shifted = Cat(step == 0, remainder[g])
-                    with m.If(shifted >= divisor[g]):
-                        m.d.sync += [remainder[g].eq(shifted - divisor[g]),
-                                     quotient[g].eq(Cat(1, quotient[g]))]
-                    with m.Else():
-                        m.d.sync += [remainder[g].eq(shifted), quotient[g].eq(Cat(0, quotient[g]))]
+                    reciprocal_step(m, step == 0, remainder[g], quotient[g], divisor[g])
                 m.d.sync += step.eq(step + 1)
                 with m.If(step == sa.RECIP_BITS):
                     m.next = "DIVIDE_STORE"

@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..sw import numerics as nx
-from .arith import exp_fixed, round_shift, round_shift_saturate, sigmoid_fixed
+from .arith import exp_fixed, reciprocal_step, round_shift, round_shift_saturate, sigmoid_fixed
 from .layouts import (RouterMode, bias_write, dispatch_entry, router_command, router_logit,
                       router_token, router_weight_write)
 
@@ -419,12 +419,7 @@ class Router(wiring.Component):
                 m.next = "DIVIDE"
 
             with m.State("DIVIDE"):                # 2**46 // total, one quotient bit a cycle
-                shifted = Cat(step == 0, remainder)    # the dividend's only set bit comes first
-                with m.If(shifted >= total):
-                    m.d.sync += [remainder.eq(shifted - total),
-                                 quotient.eq(Cat(1, quotient))]
-                with m.Else():
-                    m.d.sync += [remainder.eq(shifted), quotient.eq(Cat(0, quotient))]
+                reciprocal_step(m, step == 0, remainder, quotient, total)
                 m.d.sync += step.eq(step + 1)
                 with m.If(step == DIVIDE_CYCLES - 1):
                     m.d.sync += step.eq(0)

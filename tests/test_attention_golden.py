@@ -89,8 +89,18 @@ def test_stream_and_traffic_formula_agree(shape):
     assert len(words) * 8 == traffic["q"] + traffic["kv"]
     assert traffic["o"] == traffic["q"]
     assert all(len(w) == 8 for w in words)
-    groups = range(0, shape.seq_q, 4)
-    assert traffic["kv_rows"] == sum(group_keys(shape, f, min(4, shape.seq_q - f)) for f in groups)
+    # keys a group needs, counted from the mask itself: those any of its rows sees
+    positions = torch.arange(shape.seq_q) + shape.offset
+    keys = torch.arange(shape.seq_kv)
+    needed = 0
+    for first in range(0, shape.seq_q, 4):
+        rows = positions[first:first + 4]
+        seen = (keys.unsqueeze(0) <= rows.unsqueeze(1)) if shape.causal else \
+            torch.ones(len(rows), shape.seq_kv, dtype=torch.bool)
+        last_seen = int(seen.any(0).nonzero().max()) + 1          # streamed up to the last one
+        needed += last_seen
+        assert group_keys(shape, first, len(rows)) == last_seen
+    assert traffic["kv_rows"] == needed
 
 
 def test_cycle_model_meets_the_utilization_target():
