@@ -20,7 +20,7 @@ from .layouts import (CHANNEL_PARAMS, TABLE_WRITE, act_write, ffn_command, ffn_o
                       gate_entry, gates_write, params_write, weight_word)
 from .mac_array import MacArray
 
-__all__ = ["FFNEngine", "PERF_COUNTERS", "weight_word_beats"]
+__all__ = ["FFNEngine", "PERF_COUNTERS", "weight_word_beats", "ffn_pass_cycles"]
 
 PERF_COUNTERS = data.StructLayout({
     "busy_cycles": unsigned(32),       # cycles with a pass under way
@@ -34,6 +34,34 @@ def weight_word_beats(config: AccelConfig, pattern) -> int:
     """Bus beats of one packed weight word (each word is padded to whole beats)."""
     bits = weight_word(config.mac_rows, config.mac_cols, pattern).size
     return -(-bits // config.axi_data_width)
+
+
+def ffn_pass_cycles(config: AccelConfig, command: dict, *, weight_lead: int = 3,
+                    word_beats: int | None = None) -> int:
+    """Cycles of one pass (`layouts.ffn_command` fields): the ``busy_cycles`` counter, with weight
+    beats offered back to back from cycle ``weight_lead + 1`` of the pass (3: the testbench's source
+    starts after the command handshake) and the results never held back.
+
+    A weight pass: ``weight_lead``, then block 0 fills its bank (``L = chunks x beats`` cycles,
+    `weight_word_beats` beats a word), then each tile issues ``P = tokens x chunks`` words, one a
+    cycle, while the next block fills the other bank: a later tile starts when both the previous
+    tile is issued and its block is in, ``max(L, P)`` after the one before; then the last word's
+    way out (12: two issue stages, the array's 4, the parameter fetch, the epilogue's 3 and the two
+    SwiGLU/output stages), and 1 more when the rows are accumulated (the read-add-write into the
+    output accumulator). A drain pass has no weights: ``tokens x tiles`` accumulator rows read one a
+    cycle from the cycle after the command, then 7 (the read, the fetch, the epilogue's 3, the two
+    output stages). `word_beats` overrides the beats a weight word takes to arrive (1 when the words
+    come from the on-chip WEIGHT buffer instead of the bus)."""
+    tokens, tiles = command["tokens"], command["tiles"]
+    if command["drain"]:
+        return tokens * tiles + 7
+    chunks = command["chunks"]
+    beats = weight_word_beats(config, config.patterns[command["pattern"]]) \
+        if word_beats is None else word_beats
+    fill = chunks * beats                                                             # L
+    compute = tokens * chunks                                                         # P
+    return (weight_lead + fill + (tiles - 1) * max(fill, compute) + compute
+            + 12 + (1 if command["accumulate"] else 0))
 
 
 class FFNEngine(wiring.Component):

@@ -21,14 +21,16 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from amaranth.hdl import unsigned
+from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum
 
 from .config import AccelConfig, preset
 
 __all__ = ["INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Queue", "QUEUE_OF", "Buffer",
-           "VectorOp", "ErrorCode", "DEPS", "ADDRESS_BITS", "transfer_body", "expert_loop_body",
-           "attention_body", "vector_body", "instruction_layout", "Instruction", "encode",
+           "VectorOp", "ErrorCode", "DEPS", "ADDRESS_BITS", "transfer_body", "linear_body",
+           "route_body", "expert_loop_body", "attention_body", "vector_body", "PARAMS_ENTRY",
+           "GATES_ENTRY", "DISPATCH_ENTRY", "DESCRIPTOR", "DESCRIPTOR_BYTES", "router_record_bytes",
+           "dispatch_offsets", "act_row_bytes", "out_row_bytes", "as_dtype", "instruction_layout", "Instruction", "encode",
            "decode", "decode_one", "split", "DecodeError", "disassemble", "markdown", "Program"]
 
 INSTRUCTION_BITS = 256
@@ -67,14 +69,14 @@ class Buffer(enum.Enum, shape=4):
     """On-chip buffers a LOAD fills or a STORE drains."""
     ACT0 = 0                  # activation buffer 0 (int8 rows)
     ACT1 = 1                  # activation buffer 1 (int8 rows: hidden values, gathered tokens)
-    WEIGHT = 2                # the weight banks (packed M:N words, `sw.sparsity.pack`)
-    PARAMS = 3                # per-channel epilogue parameters (bias, multiplier, shift)
-    TABLE = 4                 # the 256-entry activation table
-    GATES = 5                 # per-token gate weights (Q15)
+    WEIGHT = 2                # the weight banks: packed M:N words (`sw.sparsity.pack`) a LINEAR reads
+    PARAMS = 3                # per-channel epilogue parameters (`PARAMS_ENTRY`)
+    TABLE = 4                 # the 256-entry activation table (entry q + 128, int8)
+    GATES = 5                 # the gate table of an accumulating pass (`GATES_ENTRY`)
     OUT = 6                   # the int32 output rows experts accumulate into
-    ROUTER_WEIGHTS = 7        # router weights and their logit requantisation
-    ROUTER_BIAS = 8           # sigmoid_bias selection biases
-    DISPATCH = 9              # the dispatch table (counts, then queues)
+    ROUTER_WEIGHTS = 7        # router weights and their logit requantisation (`router_record`)
+    ROUTER_BIAS = 8           # sigmoid_bias selection biases (int32 Q15 per expert)
+    DISPATCH = 9              # the dispatch table (`dispatch_offsets`): counts, then queues
 
 
 class VectorOp(enum.Enum, shape=3):
@@ -83,7 +85,8 @@ class VectorOp(enum.Enum, shape=3):
     RMSNORM = 2               # RMSNorm with a per-channel weight
     LAYERNORM = 3             # LayerNorm with per-channel weight and bias
     ROPE = 4                  # rotary position embedding of Q or K heads
-    REQUANT = 5               # requantise int32 rows to int8
+    REQUANT = 5               # requantise int32 rows (OUT) to int8
+    GATE = 6                  # a shared expert's sigmoid gate per token, into GATES
 
 
 class ErrorCode(enum.Enum, shape=4):
@@ -115,8 +118,9 @@ def _count(limit: int):
 
 def transfer_body(config: AccelConfig) -> data.StructLayout:
     """LOAD and STORE: ``rows`` rows of ``row_bytes`` between DRAM (``dram``, rows ``dram_stride``
-    bytes apart) and a buffer (``sram``, rows ``sram_stride`` buffer words apart). ``pattern``:
-    the M:N pattern of packed weight words (`AccelConfig.patterns` index; WEIGHT loads)."""
+    bytes apart) and a buffer (``sram``, rows ``sram_stride`` bytes apart; 0: packed). A LOAD into
+    WEIGHT moves packed M:N weight words (`sw.sparsity.pack`) as they are: the compressed form is
+    what travels."""
     return data.StructLayout({
         "buffer": Buffer,
         "dram": unsigned(ADDRESS_BITS),
@@ -125,17 +129,45 @@ def transfer_body(config: AccelConfig) -> data.StructLayout:
         "sram_stride": unsigned(24),
         "rows": unsigned(16),
         "row_bytes": unsigned(24),
-        "pattern": unsigned(2),
+    })
+
+
+def linear_body(config: AccelConfig) -> data.StructLayout:
+    """LINEAR: one pass of the Expert-FFN engine (`hw.layouts.ffn_command`). Its packed weight words
+    (``tiles x chunks`` words, `sw.sparsity.pack`) stream from DRAM at ``weights``, or, with
+    ``preloaded``, come from the WEIGHT buffer at byte ``sram`` (put there by LOADs that the load
+    queue can run while the previous pass computes). Parameters come from PARAMS, the table from
+    TABLE, the gate table from GATES. Result rows go to activation buffer ``1 - src``
+    (``dst_row_words`` words a token), or with ``accumulate`` into OUT; a ``drain`` requantises
+    OUT's rows into activation buffer ``1 - src`` and clears them."""
+    from .hw.layouts import ffn_command
+    return data.StructLayout({
+        "command": ffn_command(config),
+        "weights": unsigned(ADDRESS_BITS),
+        "preloaded": unsigned(1),
+        "sram": unsigned(24),
+    })
+
+
+def route_body(config: AccelConfig) -> data.StructLayout:
+    """ROUTE: a router run (`hw.layouts.router_command`) into DISPATCH. With ``command.compute`` the
+    router's GEMM reads the tokens from ACT0 (rows ``row_words`` activation words apart) and the
+    weights from ROUTER_WEIGHTS; otherwise it reads int16 Q8 logits ``[tokens, experts]`` from DRAM
+    at ``logits``."""
+    from .hw.layouts import router_command
+    return data.StructLayout({
+        "command": router_command(config),
+        "row_words": unsigned(config.act_buffer_words.bit_length()),
+        "logits": unsigned(ADDRESS_BITS),
     })
 
 
 def expert_loop_body(config: AccelConfig) -> data.StructLayout:
-    """EXPERT_LOOP: for each of ``experts`` experts with tokens in the dispatch table, in order: load
-    its weights (descriptor ``table + expert x 32`` bytes: gate/up and down blocks, epilogue
-    parameters, activation table), gather its tokens from ACT0, run gate/up (SwiGLU or the
-    activation) into ACT1 and down with the gate-weighted accumulation into OUT. Experts without
-    tokens are skipped; each expert's weights are read once. ``prefetch``: load expert e+1's weights
-    while e computes (double buffering)."""
+    """EXPERT_LOOP: for each expert ``e < experts`` with tokens in DISPATCH, in order: read its
+    `DESCRIPTOR` at DRAM ``table + 32 e``, gather its tokens' rows from ACT0, run the first pass
+    (gate and up fused under ``swiglu``, the descriptor's table applied) into ACT1 and the down pass
+    adding ``gate x row`` into OUT. Experts without tokens cost nothing; each expert's weights are
+    read once. ``prefetch``: expert e+1's first weight block loads while e computes."""
     return data.StructLayout({
         "experts": _count(config.max_experts),
         "table": unsigned(ADDRESS_BITS),
@@ -160,9 +192,12 @@ def attention_body(config: AccelConfig) -> data.StructLayout:
 
 
 def vector_body(config: AccelConfig) -> data.StructLayout:
-    """VECTOR: ``op`` over ``rows`` rows of ``width`` int8 values, from buffers ``a`` (and ``b``) to
-    ``dst``; per-channel operands (norm weights, rotary tables) at DRAM offset ``params``; the result
-    requantised by ``multiplier``/``shift``."""
+    """VECTOR: ``op`` (`sw.vector`) over ``rows`` rows of ``width`` values, from buffers ``a`` (and
+    ``b``) to ``dst``; row ``r`` of an activation buffer is at byte ``r x row_stride(width)``
+    (`act_row_bytes`), of OUT at ``r x out_row_bytes(width)``. Per-channel operands are at DRAM
+    ``params`` (`VECTOR_PARAMS`). ADD: ``a x multiplier + b x multiplier_b``, MUL:
+    ``a x b x multiplier``, REQUANT: ``a x multiplier``, each ``>> shift``; the norms and GATE
+    requantise with ``multiplier``/``shift``; ROPE rotates heads of ``head_dim``."""
     from .sw import numerics as nx
     return data.StructLayout({
         "op": VectorOp,
@@ -173,16 +208,97 @@ def vector_body(config: AccelConfig) -> data.StructLayout:
         "dst": Buffer,
         "params": unsigned(ADDRESS_BITS),
         "multiplier": unsigned(nx.MULT_BITS),
+        "multiplier_b": unsigned(nx.MULT_BITS),
         "shift": unsigned(nx.SHIFT_BITS),
+        "head_dim": _count(config.attention_row_words * config.axi_data_bytes),
     })
 
 
+# -- buffer and descriptor formats (bytes little-endian) -------------------------------------------
+
+# PARAMS: channel c (tile x mac_rows + row) at byte 8 c.
+PARAMS_ENTRY = data.StructLayout({
+    "bias": signed(32),
+    "multiplier": unsigned(16),
+    "shift": unsigned(8),
+    "reserved": unsigned(8),
+})
+
+# GATES: slot s (the s-th row of an accumulating pass) at byte 4 s: the OUT row it adds into and
+# its Q15 gate weight.
+GATES_ENTRY = data.StructLayout({
+    "row": unsigned(16),
+    "gate": unsigned(16),
+})
+
+# DISPATCH: E uint16 token counts, then expert e's queue at `dispatch_offsets`: (token, Q15 gate).
+DISPATCH_ENTRY = GATES_ENTRY
+
+# EXPERT_LOOP: one expert's descriptor, 32 bytes: DRAM offsets of its first-pass weights (gate/up
+# fused under SwiGLU, `sw.ffn.fuse_swiglu`), its down weights, their PARAMS images, its 256-byte
+# activation table, and the SwiGLU requantisation.
+DESCRIPTOR = data.StructLayout({
+    "first": unsigned(ADDRESS_BITS),
+    "down": unsigned(ADDRESS_BITS),
+    "first_params": unsigned(ADDRESS_BITS),
+    "down_params": unsigned(ADDRESS_BITS),
+    "table": unsigned(ADDRESS_BITS),
+    "swiglu_multiplier": unsigned(16),
+    "swiglu_shift": unsigned(8),
+    "reserved": unsigned(72),
+})
+DESCRIPTOR_BYTES = DESCRIPTOR.size // 8
+
+# VECTOR operands at DRAM `params`: RMSNORM/LAYERNORM an int64 eps_q, then width int16 weights,
+# then width int32 biases; ROPE rows x head_dim int16 (each row's Q14 cos, then sin); GATE width
+# int8 weights.
+
+
+def as_dtype(layout: data.StructLayout):
+    """The numpy dtype of a byte-aligned format above (little-endian; ``reserved`` fields become
+    padding), so that a buffer's bytes read as records of it."""
+    import numpy as np
+    names, formats, offsets = [], [], []
+    for name, field in layout:
+        shape = field.shape
+        if name == "reserved":
+            continue
+        if field.offset % 8 or shape.width not in (8, 16, 32, 64):
+            raise ValueError(f"field {name} is not a whole byte-aligned integer")
+        names.append(name)
+        formats.append(f"<{'i' if shape.signed else 'u'}{shape.width // 8}")
+        offsets.append(field.offset // 8)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                     "itemsize": layout.size // 8})
+
+
+def router_record_bytes(config: AccelConfig) -> int:
+    """ROUTER_WEIGHTS: expert e's record at byte ``e x router_record_bytes``: ``router_chunks x
+    router_lanes`` int8 weights (zero-padded), a uint16 multiplier and a uint8 shift (its logit's
+    requantisation), one reserved byte."""
+    return config.router_chunks * config.router_lanes + 4
+
+
+def dispatch_offsets(config: AccelConfig) -> tuple[int, int]:
+    """DISPATCH: (byte of the first queue, bytes per queue); the counts come first."""
+    return 2 * config.max_experts, 4 * config.dispatch_capacity
+
+
+def act_row_bytes(config: AccelConfig, width: int) -> int:
+    """Bytes between rows of `width` int8 values in an activation buffer (whole words)."""
+    return -(-width // config.act_word_bytes) * config.act_word_bytes
+
+
+def out_row_bytes(config: AccelConfig, width: int) -> int:
+    """Bytes between rows of `width` int32 values in OUT (whole tiles of ``mac_rows``)."""
+    return -(-width // config.mac_rows) * config.mac_rows * 4
+
+
 def _bodies(config: AccelConfig) -> dict:
-    from .hw.layouts import ffn_command, router_command
     transfer = transfer_body(config)
     return {
         Opcode.LOAD: transfer, Opcode.STORE: transfer,
-        Opcode.LINEAR: ffn_command(config), Opcode.ROUTE: router_command(config),
+        Opcode.LINEAR: linear_body(config), Opcode.ROUTE: route_body(config),
         Opcode.EXPERT_LOOP: expert_loop_body(config), Opcode.ATTENTION: attention_body(config),
         Opcode.VECTOR: vector_body(config),
     }
@@ -258,11 +374,6 @@ def encode(config: AccelConfig, instructions) -> bytes:
         fields = {"opcode": instruction.opcode, "deps": instruction.deps}
         if name is not None:
             body = bodies[instruction.opcode]
-            unknown = set(instruction.fields) - {n for n, _ in body}
-            if unknown:
-                raise ValueError(f"instruction {index} ({instruction.opcode.name}): no field "
-                                 f"{', '.join(sorted(unknown))}; {instruction.opcode.name} has "
-                                 f"{', '.join(n for n, _ in body)}")
             _check_range(body, instruction.fields, f"instruction {index} "
                                                    f"({instruction.opcode.name})")
             fields["body"] = {name: instruction.fields}
@@ -273,7 +384,15 @@ def encode(config: AccelConfig, instructions) -> bytes:
 
 
 def _check_range(layout, fields: dict, where: str) -> None:
-    """Refuse a value its field cannot hold (`Layout.const` would truncate it silently)."""
+    """Refuse an unknown field, or a value its field cannot hold (`Layout.const` would truncate it
+    silently)."""
+    if not isinstance(fields, dict):
+        raise ValueError(f"{where}: a group of fields ({', '.join(n for n, _ in layout)}), not "
+                         f"{fields!r}")
+    unknown = set(fields) - {n for n, _ in layout}
+    if unknown:
+        raise ValueError(f"{where}: no field {', '.join(sorted(unknown))}; it has "
+                         f"{', '.join(n for n, _ in layout)}")
     for name, field in layout:
         if name not in fields:
             continue
@@ -343,7 +462,7 @@ class Program:
 
         program = (Program(config)
                    .load(Buffer.ACT0, dram=x, rows=tokens, row_bytes=d_model, push_next=True)
-                   .linear(pop_prev=True, **pass_fields)
+                   .linear(step.command(), weights=w, pop_prev=True)
                    .finish())
         blob = program.encode()
     """
@@ -365,34 +484,41 @@ class Program:
         return self
 
     def _transfer(self, opcode, buffer, dram, rows, row_bytes, sram, dram_stride, sram_stride,
-                  pattern, tokens):
+                  tokens):
         fields = {"buffer": buffer, "dram": dram, "rows": rows, "row_bytes": row_bytes,
                   "sram": sram, "dram_stride": row_bytes if dram_stride is None else dram_stride,
-                  "sram_stride": 0 if sram_stride is None else sram_stride, "pattern": pattern}
+                  "sram_stride": 0 if sram_stride is None else sram_stride}
         return self.add(opcode, fields, **tokens)
 
     def load(self, buffer: Buffer, *, dram: int, rows: int = 1, row_bytes: int, sram: int = 0,
-             dram_stride: int | None = None, sram_stride: int | None = None, pattern: int = 0,
+             dram_stride: int | None = None, sram_stride: int | None = None,
              **tokens) -> "Program":
-        """DRAM -> `buffer`; rows `dram_stride` bytes apart (default: packed)."""
+        """DRAM -> `buffer`; rows `dram_stride` bytes apart in DRAM (default: packed) and
+        `sram_stride` bytes apart in the buffer (default: packed)."""
         return self._transfer(Opcode.LOAD, buffer, dram, rows, row_bytes, sram, dram_stride,
-                              sram_stride, pattern, tokens)
+                              sram_stride, tokens)
 
     def store(self, buffer: Buffer, *, dram: int, rows: int = 1, row_bytes: int, sram: int = 0,
               dram_stride: int | None = None, sram_stride: int | None = None,
               **tokens) -> "Program":
-        """`buffer` -> DRAM; rows `dram_stride` bytes apart (default: packed)."""
+        """`buffer` -> DRAM; strides as `load`."""
         return self._transfer(Opcode.STORE, buffer, dram, rows, row_bytes, sram, dram_stride,
-                              sram_stride, 0, tokens)
+                              sram_stride, tokens)
 
-    def linear(self, command: dict, **tokens) -> "Program":
+    def linear(self, command: dict, *, weights: int = 0, preloaded: bool = False, sram: int = 0,
+               **tokens) -> "Program":
         """One Expert-FFN pass: `command` holds `hw.layouts.ffn_command` fields
-        (`sw.ffn.FFNPass.command()`)."""
-        return self.add(Opcode.LINEAR, command, **tokens)
+        (`sw.ffn.FFNPass.command()`); its weights at DRAM `weights`, or `preloaded` in WEIGHT at
+        byte `sram`."""
+        return self.add(Opcode.LINEAR, {"command": command, "weights": weights,
+                                        "preloaded": int(preloaded), "sram": sram}, **tokens)
 
-    def route(self, command: dict, **tokens) -> "Program":
-        """A router run: `hw.layouts.router_command` fields."""
-        return self.add(Opcode.ROUTE, command, **tokens)
+    def route(self, command: dict, *, row_words: int = 0, logits: int = 0,
+              **tokens) -> "Program":
+        """A router run: `hw.layouts.router_command` fields; tokens from ACT0 rows `row_words`
+        words apart (``compute``), else int16 logits from DRAM at `logits`."""
+        return self.add(Opcode.ROUTE, {"command": command, "row_words": row_words,
+                                       "logits": logits}, **tokens)
 
     def expert_loop(self, *, experts: int, table: int, d_model: int, d_ff: int, pattern: int = 0,
                     swiglu: bool = True, prefetch: bool = True, **tokens) -> "Program":
@@ -410,10 +536,13 @@ class Program:
 
     def vector(self, op: VectorOp, *, rows: int, width: int, a: Buffer, dst: Buffer,
                b: Buffer = Buffer.ACT0, params: int = 0, multiplier: int = 1 << 14,
-               shift: int = 14, **tokens) -> "Program":
+               multiplier_b: int = 0, shift: int = 14, head_dim: int = 0,
+               **tokens) -> "Program":
+        """A vector operation (`VectorOp`, `vector_body`)."""
         return self.add(Opcode.VECTOR, {
             "op": op, "rows": rows, "width": width, "a": a, "b": b, "dst": dst,
-            "params": params, "multiplier": multiplier, "shift": shift}, **tokens)
+            "params": params, "multiplier": multiplier, "multiplier_b": multiplier_b,
+            "shift": shift, "head_dim": head_dim}, **tokens)
 
     def sync(self, **tokens) -> "Program":
         return self.add(Opcode.SYNC, **tokens)
@@ -504,7 +633,29 @@ def markdown(config: AccelConfig) -> str:
         out += ["", f"## {title}", "", "| field | bits | width | type |", "|---|---|---|---|"]
         out += [f"| {n} | {body_offset + o}..{body_offset + o + w - 1} | {w} | {t} |"
                 for n, o, w, t in _layout_rows(bodies[opcode])]
-    out += ["", "SYNC, FINISH and NOP have no body.", ""]
+    out += ["", "SYNC, FINISH and NOP have no body. A SYNC holds every instruction after it until "
+            "all before it have ended.", ""]
+    first_queue, queue_bytes = dispatch_offsets(config)
+    out += ["## Buffer and descriptor formats", "",
+            "Bytes are little-endian. Rows of int8 values in ACT0/ACT1 are "
+            f"`act_row_bytes(width)` apart (whole {config.act_word_bytes}-byte activation words); "
+            "int32 rows in OUT `out_row_bytes(width)` apart (whole tiles of "
+            f"{config.mac_rows} channels). WEIGHT and the weight streams hold packed M:N words "
+            "(`sw.sparsity.pack`: per tile of `mac_rows` channels, `chunks` words, each padded to "
+            "whole bus beats). TABLE holds 256 int8 entries (entry q + 128). ROUTER_WEIGHTS holds "
+            f"one {router_record_bytes(config)}-byte record per expert (`router_record_bytes`: the "
+            "int8 weights, a uint16 multiplier, a uint8 shift). ROUTER_BIAS holds int32 Q15 biases. "
+            f"DISPATCH holds uint16 token counts for {config.max_experts} experts, then from byte "
+            f"{first_queue} one queue of {queue_bytes} bytes per expert (`DISPATCH_ENTRY`). VECTOR "
+            "operands in DRAM: RMSNORM/LAYERNORM an int64 `eps_q`, `width` int16 weights, `width` "
+            "int32 biases; ROPE `rows x head_dim` int16 (Q14 cos of the first half, then sin); GATE "
+            "`width` int8 weights."]
+    for name, layout in (("PARAMS_ENTRY", PARAMS_ENTRY), ("GATES_ENTRY", GATES_ENTRY),
+                         ("DISPATCH_ENTRY", DISPATCH_ENTRY), ("DESCRIPTOR", DESCRIPTOR)):
+        out += ["", f"### `{name}` ({layout.size // 8} bytes)", "",
+                "| field | bits | width | type |", "|---|---|---|---|"]
+        out += [f"| {n} | {o}..{o + w - 1} | {w} | {t} |" for n, o, w, t in _layout_rows(layout)]
+    out.append("")
     return "\n".join(out)
 
 

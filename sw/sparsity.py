@@ -150,22 +150,38 @@ def pack(weight_q: torch.Tensor, pattern: SparsityPattern, config: AccelConfig) 
 
 
 def unpack(blocks: WeightBlocks, config: AccelConfig) -> torch.Tensor:
-    """The dense int8 ``[F, D]`` matrix that packed blocks hold (for checking `pack`)."""
+    """The dense int8 ``[F, D]`` matrix that packed blocks hold: what the engine multiplies by (the
+    emulator's view of the weight stream, and the check of `pack`)."""
     from ..hw.layouts import weight_word
 
     pattern = blocks.pattern
     layout = weight_word(config.mac_rows, config.mac_cols, pattern)
+    rows, lanes = config.mac_rows, config.mac_cols
     per_chunk = chunk_inputs(config, pattern)
-    dense = torch.zeros(blocks.tiles * config.mac_rows, blocks.chunks * per_chunk, dtype=torch.int64)
-    combos = pattern.combinations
-    for word_index in range(blocks.words):
-        tile, chunk = divmod(word_index, blocks.chunks)
-        raw = blocks.data[word_index * blocks.word_bytes:(word_index + 1) * blocks.word_bytes]
-        word = layout.from_bits(int.from_bytes(raw, "little") & ((1 << layout.size) - 1))
-        for row in range(config.mac_rows):
-            for lane in range(config.mac_cols):
-                group, slot = divmod(lane, pattern.n)
-                offset = combos[word.codes[row][group]][slot] if pattern.code_bits else 0
-                dense[tile * config.mac_rows + row,
-                      chunk * per_chunk + group * pattern.m + offset] = word.values[row][lane]
-    return dense[:blocks.rows, :blocks.inputs]
+    if len(blocks.data) < blocks.words * blocks.word_bytes:
+        raise ValueError(f"{len(blocks.data)} bytes hold fewer than the {blocks.words} words of "
+                         f"{blocks.word_bytes} bytes the blocks need")
+    raw = np.frombuffer(blocks.data, dtype=np.uint8, count=blocks.words * blocks.word_bytes)
+    bits = np.unpackbits(raw.reshape(blocks.words, blocks.word_bytes), axis=-1, bitorder="little")
+    at = layout["values"].offset
+    value_bits = bits[:, at:at + rows * lanes * 8].reshape(blocks.words, rows, lanes, 8)
+    values = np.packbits(value_bits, axis=-1, bitorder="little")[..., 0].view(np.int8)
+    groups = lanes // pattern.n
+    if pattern.code_bits:
+        at, width = layout["codes"].offset, pattern.code_bits
+        code_bits = bits[:, at:at + rows * groups * width].reshape(blocks.words, rows, groups, width)
+        codes = (code_bits.astype(np.int64) << np.arange(width)).sum(-1)
+        # A code naming no combination selects offset 0 for every slot, as the array's lookup
+        # does: the group's values then all multiply its first input.
+        combos = np.vstack([np.array(pattern.combinations, dtype=np.int64),
+                            np.zeros((1, pattern.n), dtype=np.int64)])
+        offsets = combos[np.minimum(codes, len(pattern.combinations))]     # [words, rows, G, N]
+    else:
+        offsets = np.zeros((blocks.words, rows, groups, pattern.n), dtype=np.int64)
+    columns = (np.arange(groups)[:, None] * pattern.m + offsets).reshape(blocks.words, rows, lanes)
+    dense = np.zeros((blocks.tiles, blocks.chunks, rows, per_chunk), dtype=np.int64)
+    flat = (np.arange(blocks.words * rows)[:, None] * per_chunk
+            + columns.reshape(blocks.words * rows, lanes))
+    np.add.at(dense.reshape(-1), flat.reshape(-1), values.astype(np.int64).reshape(-1))
+    dense = dense.transpose(0, 2, 1, 3).reshape(blocks.tiles * rows, blocks.chunks * per_chunk)
+    return torch.from_numpy(dense)[:blocks.rows, :blocks.inputs]

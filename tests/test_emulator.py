@@ -125,17 +125,39 @@ def test_an_attention_call_the_unit_cannot_hold_is_refused():
     assert result.status is ErrorCode.BAD_FIELD and "more than the 16" in result.message
 
 
+def random_fields(rng: random.Random, layout, window: int) -> dict:
+    """Values for every field of a body: mostly small (so that runs get past the first check),
+    sometimes anything the field holds; addresses mostly inside the window."""
+    from amaranth.lib import data, enum
+    fields = {}
+    for name, field in layout:
+        shape = field.shape
+        if isinstance(shape, data.StructLayout):
+            fields[name] = random_fields(rng, shape, window)
+        elif isinstance(shape, type) and issubclass(shape, enum.Enum):
+            fields[name] = rng.choice(list(shape))
+        else:
+            width = shape.width
+            if width >= 24:                                 # addresses, strides
+                value = rng.choice([rng.randrange(window + 64), rng.randrange(1 << 12), 0])
+            else:
+                value = rng.choice([0, 1, 2, rng.randrange(1, 9), rng.randrange(1, 33),
+                                    rng.randrange(1 << width)])
+            fields[name] = min(value, (1 << width) - 1)
+    return fields
+
+
 def random_instruction(rng: random.Random, window: int) -> isa.Instruction:
     opcode = rng.choice([Opcode.LOAD, Opcode.STORE, Opcode.LOAD, Opcode.STORE, Opcode.NOP,
-                         Opcode.SYNC, Opcode.ATTENTION, Opcode.FINISH])
+                         Opcode.SYNC, Opcode.ATTENTION, Opcode.FINISH, Opcode.LINEAR,
+                         Opcode.ROUTE, Opcode.EXPERT_LOOP, Opcode.VECTOR])
     tokens = {name: rng.random() < 0.2 for name in ("pop_prev", "pop_next", "push_prev",
                                                     "push_next")}
     if opcode in (Opcode.LOAD, Opcode.STORE):
         fields = {"buffer": rng.choice(list(Buffer)), "dram": rng.randrange(window + 64),
                   "dram_stride": rng.choice([0, 8, 64, rng.randrange(1 << 12)]),
                   "sram": rng.randrange(1 << 12), "sram_stride": rng.choice([0, 16, 128]),
-                  "rows": rng.randrange(0, 9), "row_bytes": rng.randrange(0, 300),
-                  "pattern": rng.randrange(4)}
+                  "rows": rng.randrange(0, 9), "row_bytes": rng.randrange(0, 300)}
     elif opcode is Opcode.ATTENTION:
         fields = {"command": {
             "seq_q": rng.randrange(0, 7), "seq_kv": rng.randrange(0, 9),
@@ -145,6 +167,8 @@ def random_instruction(rng: random.Random, window: int) -> isa.Instruction:
             "out_mult": rng.randrange(1 << 15), "out_shift": rng.randrange(64)},
             "q": rng.randrange(window), "k": rng.randrange(window), "v": rng.randrange(window),
             "o": rng.randrange(window + 64)}
+    elif opcode in (Opcode.LINEAR, Opcode.ROUTE, Opcode.EXPERT_LOOP, Opcode.VECTOR):
+        fields = random_fields(rng, isa._bodies(CONFIG)[opcode], window)
     else:
         fields = {}
     return isa.Instruction(opcode, fields, **tokens)
@@ -203,7 +227,82 @@ def test_route_cycles_reproduce_the_router_benchmark():
     config = preset("pynq-z2")
     base = dict(tokens=256, experts=64, k=8, mode=RouterMode.SOFTMAX_TOPK, groups=1,
                 group_size=0, topk_groups=1, compute=0, chunks=0)
-    streamed = isa.Instruction(Opcode.ROUTE, base)
-    gemm = isa.Instruction(Opcode.ROUTE, dict(base, compute=1, chunks=256 // config.router_lanes))
+    streamed = isa.Instruction(Opcode.ROUTE, {"command": base})
+    gemm = isa.Instruction(Opcode.ROUTE, {"command": dict(base, compute=1,
+                                                          chunks=256 // config.router_lanes)})
     assert instruction_cycles(config, streamed) == 47_680
     assert instruction_cycles(config, gemm) == 165_696
+
+
+@pytest.mark.parametrize("tokens, sparsity, measured", [
+    (128, "dense", 394_014), (128, "2:4", 197_094), (32, "dense", 99_102)])
+def test_linear_cycles_reproduce_the_expert_ffn_benchmark(tokens, sparsity, measured):
+    """A SwiGLU expert (d_model 256, d_ff 512) as two LINEAR instructions takes the cycles
+    `moeaccel bench expert-ffn --tokens T --d-model 256 --d-ff 512 [--sparsity 2:4]` measured in RTL
+    simulation on pynq-z2."""
+    from moeaccel.host.emulator import instruction_cycles
+    from moeaccel.sw.ffn import plan_pass
+    config = preset("pynq-z2")
+    first = plan_pass(config, tokens, 256, 512, sparsity, swiglu=True, activation=True,
+                      to_buffer=True)
+    down = plan_pass(config, tokens, 512, 256, sparsity, src=1)
+    program = Program(config).linear(first.command()).linear(down.command())
+    assert sum(instruction_cycles(config, ins) for ins in program) == measured
+
+
+def test_expert_loop_cycles_skip_empty_experts_and_prefetch_hides_loads():
+    from moeaccel.host.emulator import expert_loop_cycles
+    config = preset("pynq-z2")
+    fields = dict(experts=8, table=0, d_model=256, d_ff=512, pattern=0, swiglu=1, prefetch=0)
+    one = expert_loop_cycles(config, fields, [0, 0, 0, 32, 0, 0, 0, 0])
+    assert one == expert_loop_cycles(config, fields, [32]) > 99_102       # the passes, and loads
+    assert expert_loop_cycles(config, fields, [0] * 8) == 0
+    spread = [32] * 8
+    serial = expert_loop_cycles(config, fields, spread)
+    overlapped = expert_loop_cycles(config, dict(fields, prefetch=1), spread)
+    assert serial == 8 * one and overlapped < serial
+    assert serial - overlapped <= 7 * 32 * (512 // 16)          # at most the last tiles' issue
+
+
+def test_preloaded_weights_give_the_streamed_result():
+    """A pass whose weights the load queue put in WEIGHT (while the pass before computed, with
+    tokens) gives the bytes of the same pass streaming them from DRAM, in fewer cycles."""
+    from moeaccel.sw.ffn import pass_operands, plan_pass
+    from moeaccel.sw.quantized import QuantizedLinear
+    from moeaccel.host.layer import params_bytes
+    torch.manual_seed(0)
+    layer = QuantizedLinear.from_float(torch.randn(40, 24), torch.randn(40) * 0.1, 0.02, 0.05)
+    step = plan_pass(CONFIG, 6, 24, 40, "dense", to_buffer=True)
+    operands = pass_operands(step, layer)
+    weights, params = operands.blocks.data, params_bytes(operands)
+    x_q = torch.randint(-128, 128, (6, 24))
+    row = isa.act_row_bytes(CONFIG, 24)
+    out_row = isa.act_row_bytes(CONFIG, 40)
+    layout = {"x": 0, "w": 1024, "p": 1024 + len(weights), "y": 4096}
+
+    def run(preloaded: bool):
+        emulator = Emulator(CONFIG, 8192)
+        emulator.dram[0:6 * 24] = x_q.to(torch.int8).numpy().tobytes()
+        emulator.dram[layout["w"]:layout["w"] + len(weights)] = weights
+        emulator.dram[layout["p"]:layout["p"] + len(params)] = params
+        program = Program(CONFIG)
+        program.load(Buffer.ACT0, dram=0, rows=6, row_bytes=24, sram_stride=row)
+        program.load(Buffer.PARAMS, dram=layout["p"], row_bytes=len(params))
+        if preloaded:
+            program.load(Buffer.WEIGHT, dram=layout["w"], row_bytes=len(weights))
+        program.instructions[-1] = isa.Instruction(**{**program.instructions[-1].__dict__,
+                                                      "push_next": True})
+        program.linear(step.command(), weights=layout["w"], preloaded=preloaded, pop_prev=True,
+                       push_next=True)
+        program.store(Buffer.ACT1, dram=layout["y"], rows=6, row_bytes=40, sram_stride=out_row,
+                      pop_prev=True).finish()
+        result = emulator.run(program.encode())
+        assert result.ok, result.message
+        got = torch.frombuffer(bytearray(emulator.dram[layout["y"]:layout["y"] + 240]),
+                               dtype=torch.int8).reshape(6, 40).to(torch.int64)
+        return got, result
+
+    streamed, streamed_run = run(False)
+    preloaded, preloaded_run = run(True)
+    assert torch.equal(streamed, layer(x_q)) and torch.equal(preloaded, streamed)
+    assert preloaded_run.busy_cycles[isa.Queue.COMPUTE] < streamed_run.busy_cycles[isa.Queue.COMPUTE]

@@ -100,8 +100,10 @@ def test_decode_names_a_field_outside_its_enum():
 @pytest.mark.parametrize("instruction,message", [
     (isa.Instruction(isa.Opcode.LOAD, {"rows": 1 << 16}),
      r"^instruction 0 \(LOAD\): rows=65536 does not fit 16 bits \(0 \.\. 65535\)$"),
-    (isa.Instruction(isa.Opcode.LINEAR, {"tokenz": 1}),
-     r"^instruction 0 \(LINEAR\): no field tokenz; LINEAR has tokens, tiles, "),
+    (isa.Instruction(isa.Opcode.LINEAR, {"command": {"tokenz": 1}}),
+     r"^instruction 0 \(LINEAR\)\.command: no field tokenz; it has tokens, tiles, "),
+    (isa.Instruction(isa.Opcode.ROUTE, {"tokens": 1}),
+     r"^instruction 0 \(ROUTE\): no field tokens; it has command, row_words, logits$"),
     (isa.Instruction(isa.Opcode.SYNC, {"rows": 1}), r"^instruction 0 \(SYNC\) takes no fields$"),
     (isa.Instruction(isa.Opcode.ATTENTION, {"command": {"seq_q": -1}}),
      r"^instruction 0 \(ATTENTION\)\.command: seq_q=-1 does not fit 11 bits"),

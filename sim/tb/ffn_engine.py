@@ -3,7 +3,8 @@
 Each case builds a float layer or expert from its seed, prunes it to the case's pattern, quantises it
 (`sw.quantized`), runs it through the engine pass by pass and compares every output value with the
 golden model's. Weights arrive with random idles, results leave under random backpressure. The
-measured counters of each case go to ``report_file`` when one is given.
+measured counters of each case go to ``report_file`` when one is given (summed over its passes, and
+pass by pass under ``passes``, each with its command).
 
 Parameters: ``config`` (preset name), ``cases`` (list of dicts: ``kind`` linear | swiglu | expert,
 ``tokens``, ``d_model``, ``d_ff``, ``pattern``, ``activation``, ``seed``, ``weight_idle``,
@@ -173,19 +174,22 @@ async def run_moe_case(tb: FFNTB, case: dict, rng: random.Random) -> dict:
     tb.idle = case["weight_idle"]
     counters = {name: 0 for name in PERF_FIELDS}
     macs = weight_bytes = 0
+    passes = []
     for job in program.jobs:
         await tb.load_activations(0, x_q[job.rows], job.passes[0].step.src_row_words)
         await tb.load_gates(job.rows, job.gates)
         for operands in job.passes:
             measured = await tb.run_pass(operands, rng, case["weight_idle"], case["backpressure"])
             counters = {name: counters[name] + measured[name] for name in PERF_FIELDS}
+            passes.append({"command": operands.command(), **measured})
             macs += operands.step.macs
             weight_bytes += len(operands.blocks.data)
     measured = await tb.run_pass(program.drain, rng, case["weight_idle"], case["backpressure"])
     counters = {name: counters[name] + measured[name] for name in PERF_FIELDS}
+    passes.append({"command": program.drain.command(), **measured})
     expected = quantized.forward(x_q)
     got = tb.result(program.drain.step)
-    return {**case, **counters, "macs": macs, "weight_bytes": weight_bytes,
+    return {**case, **counters, "passes": passes, "macs": macs, "weight_bytes": weight_bytes,
             "ideal_cycles": -(-macs // config.mac_units), "experts_run": len(program.jobs),
             "mismatches": int((got != expected).sum()), "values": int(expected.numel())}
 
@@ -219,14 +223,16 @@ async def run_case(tb: FFNTB, case: dict, rng: random.Random) -> dict:
         passes, expected = expert_passes(config, quantized, tokens, pattern), quantized(x_q)
     await tb.load_activations(0, x_q, passes[0].step.src_row_words)
     counters = {name: 0 for name in PERF_FIELDS}
+    per_pass = []
     for operands in passes:
         measured = await tb.run_pass(operands, rng, case["weight_idle"], case["backpressure"])
         counters = {name: counters[name] + measured[name] for name in PERF_FIELDS}
+        per_pass.append({"command": operands.command(), **measured})
     got = tb.result(passes[-1].step)
     mismatches = int((got != expected).sum())
     macs = sum(operands.step.macs for operands in passes)
     weight_bytes = sum(len(operands.blocks.data) for operands in passes)
-    return {**case, **counters, "macs": macs, "weight_bytes": weight_bytes,
+    return {**case, **counters, "passes": per_pass, "macs": macs, "weight_bytes": weight_bytes,
             "ideal_cycles": -(-macs // config.mac_units), "mismatches": mismatches,
             "values": int(expected.numel())}
 

@@ -1,0 +1,163 @@
+"""The vector operations (`sw.vector`): the integer references against float PyTorch, each within
+its stated bound in output LSBs, and the VECTOR instruction on the emulator reading its operands
+in the formats `moeaccel.isa` defines."""
+
+import numpy as np
+import pytest
+import torch
+
+from moeaccel import isa
+from moeaccel.config import preset
+from moeaccel.host.emulator import Emulator
+from moeaccel.isa import Buffer, ErrorCode, Program, VectorOp
+from moeaccel.sw import numerics as nx
+from moeaccel.sw import vector as sv
+from moeaccel.sw.quantized import quantize_tensor
+
+CONFIG = preset("tiny")
+
+# Stated bounds (|integer - float| in output LSBs, the float result clamped to the int8 range).
+# Each is the final rounding's 0.5 plus the measured error of the integer parameters, rounded up.
+BOUND_LSB = {"rmsnorm": 0.51, "layernorm": 0.51, "rope": 0.52, "add": 0.51}
+
+
+def _lsb_error(y_q, y_float, out_scale):
+    clamped = torch.clamp(y_float / out_scale, -128, 127)
+    return float((y_q.to(torch.float64) - clamped).abs().max())
+
+
+@pytest.mark.parametrize("width", [8, 64, 256])
+@pytest.mark.parametrize("spread", [0.05, 1.0, 20.0])
+def test_norms_are_within_their_bound(width, spread):
+    generator = torch.Generator().manual_seed(width)
+    x = torch.randn(64, width, generator=generator, dtype=torch.float64) * spread
+    x[0] = 0                                                       # a row of zeros
+    x[1] = spread                                                  # a constant row
+    in_scale = float(x.abs().max()) / 127
+    x_q = quantize_tensor(x, in_scale)
+    x = x_q.to(torch.float64) * in_scale                           # the inputs the integers see
+    weight = 1 + 0.3 * torch.randn(width, generator=generator, dtype=torch.float64)
+    bias = 0.1 * torch.randn(width, generator=generator, dtype=torch.float64)
+    eps = 1e-5
+    for name, centred, reference in (
+            ("rmsnorm", False, sv.rmsnorm_float(x, weight, eps)),
+            ("layernorm", True, sv.layernorm_float(x, weight, bias, eps))):
+        out_scale = float(reference.abs().max()) / 127
+        ops = sv.norm_operands(weight, bias if centred else None, eps, in_scale, out_scale,
+                               centred)
+        norm = sv.layernorm if centred else sv.rmsnorm
+        y_q = norm(x_q, ops["weight"], ops["bias"], ops["eps_q"], ops["multiplier"],
+                   ops["shift"])
+        error = _lsb_error(y_q, reference, out_scale)
+        assert error <= BOUND_LSB[name], f"{name}: {error:.3f} LSB"
+
+
+def test_rope_and_add_are_within_their_bound():
+    generator = torch.Generator().manual_seed(0)
+    heads, head_dim, rows = 4, 16, 40
+    x = torch.randn(rows, heads * head_dim, generator=generator, dtype=torch.float64)
+    scale = float(x.abs().max()) / 127
+    x_q = quantize_tensor(x, scale)
+    positions = torch.arange(rows) * 37 + 5
+    y_q = sv.rope(x_q, sv.rope_table(positions, head_dim), head_dim)
+    reference = sv.rope_float(x_q.to(torch.float64) * scale, positions, head_dim)
+    assert _lsb_error(y_q, reference, scale) <= BOUND_LSB["rope"]
+    b = torch.randn(rows, 64, generator=generator, dtype=torch.float64) * 3
+    b_scale = float(b.abs().max()) / 127
+    b_q = quantize_tensor(b, b_scale)
+    a_q = x_q[:, :64]
+    total = a_q * scale + b_q * b_scale
+    out_scale = float(total.abs().max()) / 127
+    ma, mb, shift = sv.add_operands(scale, b_scale, out_scale)
+    assert _lsb_error(sv.add(a_q, b_q, ma, mb, shift), total, out_scale) <= BOUND_LSB["add"]
+
+
+def test_rsqrt_is_close_for_every_magnitude():
+    s = torch.tensor([1, 2, 3, 1000, 2 ** 30, 2 ** 31 + 5, 2 ** 40 + 12345, 2 ** 55])
+    inv, k = sv.rsqrt_fixed(s)
+    approx = inv.to(torch.float64) / torch.pow(2.0, k.to(torch.float64))
+    exact = 1 / torch.sqrt(s.to(torch.float64))
+    assert float(((approx - exact) / exact).abs().max()) < 2 ** -14
+    assert sv.rsqrt_fixed(torch.tensor([0]))[0].item() == 0
+
+
+def _emulate(op, a, params=b"", b=None, **fields):
+    rows, width = a.shape
+    stride = isa.act_row_bytes(CONFIG, width)
+    emulator = Emulator(CONFIG, 1 << 16)
+    emulator.dram[4096:4096 + len(params)] = params
+    for buffer, values in ((Buffer.ACT0, a), (Buffer.ACT1, b)):
+        if values is not None:
+            for r in range(rows):
+                emulator.buffers[buffer][r * stride:r * stride + width] = \
+                    values[r].to(torch.int8).numpy().tobytes()
+    program = Program(CONFIG).vector(op, rows=rows, width=width, a=Buffer.ACT0, b=Buffer.ACT1,
+                                     dst=fields.pop("dst", Buffer.ACT1), params=4096, **fields)
+    result = emulator.run(program.finish().encode())
+    return emulator, result, stride
+
+
+def _act(emulator, buffer, rows, width, stride):
+    raw = np.frombuffer(bytes(emulator.buffers[buffer]), dtype=np.int8)
+    return torch.tensor(np.stack([raw[r * stride:r * stride + width] for r in range(rows)]),
+                        dtype=torch.int64)
+
+
+def test_vector_instructions_read_their_operands_in_the_isa_formats():
+    generator = torch.Generator().manual_seed(9)
+    a = torch.randint(-128, 128, (5, 24), generator=generator)
+    b = torch.randint(-128, 128, (5, 24), generator=generator)
+    weight = torch.randint(-30000, 30000, (24,), generator=generator)
+    bias = torch.randint(-5000, 5000, (24,), generator=generator)
+    params = (np.array([77], "<i8").tobytes() + weight.numpy().astype("<i2").tobytes()
+              + bias.numpy().astype("<i4").tobytes())
+    cases = [
+        (VectorOp.ADD, b"", dict(multiplier=20000, multiplier_b=17000, shift=15),
+         sv.add(a, b, 20000, 17000, 15)),
+        (VectorOp.MUL, b"", dict(multiplier=25000, shift=22), sv.multiply(a, b, 25000, 22)),
+        (VectorOp.RMSNORM, params, dict(multiplier=21000, shift=36),
+         sv.rmsnorm(a, weight, bias, 77, 21000, 36)),
+        (VectorOp.LAYERNORM, params, dict(multiplier=21000, shift=36),
+         sv.layernorm(a, weight, bias, 77, 21000, 36)),
+    ]
+    table = sv.rope_table(torch.arange(5) + 3, 8)
+    cases.append((VectorOp.ROPE, table.numpy().astype("<i2").tobytes(), dict(head_dim=8),
+                  sv.rope(a, table, 8)))
+    for op, operand_bytes, fields, expected in cases:
+        emulator, result, stride = _emulate(op, a, operand_bytes, b, dst=Buffer.ACT0, **fields)
+        assert result.ok, result.message
+        assert torch.equal(_act(emulator, Buffer.ACT0, 5, 24, stride), expected), op.name
+    gate_weight = torch.randint(-128, 128, (24,), generator=generator)
+    emulator, result, _ = _emulate(VectorOp.GATE, a, gate_weight.to(torch.int8).numpy().tobytes(),
+                                   dst=Buffer.GATES, multiplier=30000, shift=20)
+    entries = np.frombuffer(bytes(emulator.buffers[Buffer.GATES]),
+                            dtype=isa.as_dtype(isa.GATES_ENTRY), count=5)
+    assert result.ok and list(entries["row"]) == list(range(5))
+    assert list(entries["gate"]) == sv.sigmoid_gate(a, gate_weight, 30000, 20).tolist()
+
+
+def test_requant_reads_the_output_accumulator():
+    acc = torch.randint(-(1 << 20), 1 << 20, (3, 12))
+    emulator = Emulator(CONFIG, 4096)
+    stride = isa.out_row_bytes(CONFIG, 12)
+    for r in range(3):
+        emulator.buffers[Buffer.OUT][r * stride:r * stride + 48] = \
+            acc[r].numpy().astype("<i4").tobytes()
+    program = Program(CONFIG).vector(VectorOp.REQUANT, rows=3, width=12, a=Buffer.OUT,
+                                     dst=Buffer.ACT1, multiplier=19000, shift=27).finish()
+    assert emulator.run(program.encode()).ok
+    got = _act(emulator, Buffer.ACT1, 3, 12, isa.act_row_bytes(CONFIG, 12))
+    assert torch.equal(got, nx.requantize(acc, 19000, 27))
+
+
+@pytest.mark.parametrize("op, fields, message", [
+    (VectorOp.REQUANT, dict(a=Buffer.ACT0, dst=Buffer.ACT1), "reads a from OUT"),
+    (VectorOp.GATE, dict(a=Buffer.ACT0, dst=Buffer.ACT1), "writes GATES"),
+    (VectorOp.ROPE, dict(a=Buffer.ACT0, dst=Buffer.ACT1, head_dim=5), "even head_dim"),
+    (VectorOp.ADD, dict(a=Buffer.ACT0, dst=Buffer.ACT1, width=0), "at least 1"),
+])
+def test_bad_vector_fields_are_refused(op, fields, message):
+    fields = {"rows": 2, "width": 16, **fields}
+    program = Program(CONFIG).vector(op, **fields).finish()
+    result = Emulator(CONFIG, 4096).run(program.encode())
+    assert result.status is ErrorCode.BAD_FIELD and message in result.message
