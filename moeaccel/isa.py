@@ -193,9 +193,9 @@ def attention_body(config: AccelConfig) -> data.StructLayout:
 
 def vector_body(config: AccelConfig) -> data.StructLayout:
     """VECTOR: ``op`` (`sw.vector`) over ``rows`` rows of ``width`` values, from buffers ``a`` (and
-    ``b``) to ``dst``; row ``r`` of an activation buffer is at byte ``r x row_stride(width)``
-    (`act_row_bytes`), of OUT at ``r x out_row_bytes(width)``. Per-channel operands are at DRAM
-    ``params`` (`VECTOR_PARAMS`). ADD: ``a x multiplier + b x multiplier_b``, MUL:
+    ``b``) to ``dst``; row ``r`` of an activation buffer is at byte ``r x act_row_bytes(width)``,
+    of OUT at ``r x out_row_bytes(width)``. Per-channel operands are at DRAM ``params`` (formats
+    below). ADD: ``a x multiplier + b x multiplier_b``, MUL:
     ``a x b x multiplier``, REQUANT: ``a x multiplier``, each ``>> shift``; the norms and GATE
     requantise with ``multiplier``/``shift``; ROPE rotates heads of ``head_dim``."""
     from .sw import numerics as nx
@@ -603,6 +603,11 @@ def _layout_rows(layout, prefix: str = "") -> list[tuple[str, int, int, str]]:
     return rows
 
 
+_BODY_DOCS = {Opcode.LOAD: transfer_body, Opcode.LINEAR: linear_body, Opcode.ROUTE: route_body,
+              Opcode.EXPERT_LOOP: expert_loop_body, Opcode.ATTENTION: attention_body,
+              Opcode.VECTOR: vector_body}
+
+
 def markdown(config: AccelConfig) -> str:
     """docs/isa.md: every layout, opcode and code, generated from this module for `config`."""
     layout = instruction_layout(config)
@@ -630,7 +635,9 @@ def markdown(config: AccelConfig) -> str:
         if opcode not in bodies or opcode is Opcode.STORE:
             continue
         title = "LOAD and STORE" if opcode is Opcode.LOAD else opcode.name
-        out += ["", f"## {title}", "", "| field | bits | width | type |", "|---|---|---|---|"]
+        text = " ".join(_BODY_DOCS[opcode].__doc__.split(": ", 1)[1].split()).replace("``", "`")
+        out += ["", f"## {title}", "", text[0].upper() + text[1:], "",
+                "| field | bits | width | type |", "|---|---|---|---|"]
         out += [f"| {n} | {body_offset + o}..{body_offset + o + w - 1} | {w} | {t} |"
                 for n, o, w, t in _layout_rows(bodies[opcode])]
     out += ["", "SYNC, FINISH and NOP have no body. A SYNC holds every instruction after it until "

@@ -306,3 +306,47 @@ def test_preloaded_weights_give_the_streamed_result():
     preloaded, preloaded_run = run(True)
     assert torch.equal(streamed, layer(x_q)) and torch.equal(preloaded, streamed)
     assert preloaded_run.busy_cycles[isa.Queue.COMPUTE] < streamed_run.busy_cycles[isa.Queue.COMPUTE]
+
+
+def test_the_next_experts_weights_load_while_this_one_computes():
+    """Double buffering written with tokens: the load queue fills WEIGHT's second bank with the next
+    pass's packed words while the compute queue runs the pass whose words are in the first. Same
+    bytes under every schedule; in parallel the load hides behind the compute."""
+    from moeaccel.sw.ffn import pass_operands, plan_pass
+    from moeaccel.sw.quantized import QuantizedLinear
+    from moeaccel.host.layer import params_bytes
+    torch.manual_seed(1)
+    first = QuantizedLinear.from_float(torch.randn(32, 64), None, 0.02, 0.05)
+    second = QuantizedLinear(first.weight[:, torch.randperm(64)], first.bias, first.multiplier,
+                             first.shift, first.weight_scale, 0.02, 0.05)    # same parameters
+    step = plan_pass(CONFIG, 24, 64, 32, "dense", to_buffer=True)
+    words = [pass_operands(step, layer).blocks.data for layer in (first, second)]
+    params = params_bytes(pass_operands(step, first))
+    x_q = torch.randint(-128, 128, (24, 64))
+    bank = CONFIG.weight_buffer_bytes
+    w0, w1, p, y0, y1 = 4096, 4096 + len(words[0]), 12288, 16384, 20480
+    program = (Program(CONFIG)
+               .load(Buffer.ACT0, dram=0, rows=24, row_bytes=64, sram_stride=isa.act_row_bytes(
+                   CONFIG, 64))
+               .load(Buffer.PARAMS, dram=p, row_bytes=len(params))
+               .load(Buffer.WEIGHT, dram=w0, row_bytes=len(words[0]), push_next=True)
+               .load(Buffer.WEIGHT, dram=w1, row_bytes=len(words[1]), sram=bank, push_next=True)
+               .linear(step.command(), preloaded=True, pop_prev=True, push_next=True)
+               .store(Buffer.ACT1, dram=y0, rows=24, row_bytes=32, pop_prev=True, push_prev=True)
+               .linear(step.command(), preloaded=True, sram=bank, pop_prev=True, pop_next=True,
+                       push_next=True)
+               .store(Buffer.ACT1, dram=y1, rows=24, row_bytes=32, pop_prev=True)
+               .finish())
+    runs = {}
+    for schedule in SCHEDULES:
+        emulator = Emulator(CONFIG, 1 << 15)
+        emulator.dram[:24 * 64] = x_q.to(torch.int8).numpy().tobytes()
+        for at, payload in ((w0, words[0]), (w1, words[1]), (p, params)):
+            emulator.dram[at:at + len(payload)] = payload
+        result = emulator.run(program.encode(), schedule=schedule, seed=5)
+        assert result.ok, result.message
+        got = [torch.frombuffer(bytearray(emulator.dram[at:at + 24 * 32]), dtype=torch.int8)
+               .reshape(24, 32).to(torch.int64) for at in (y0, y1)]
+        assert torch.equal(got[0], first(x_q)) and torch.equal(got[1], second(x_q)), schedule
+        runs[schedule] = result.cycles
+    assert runs["parallel"] < runs["serial"]
