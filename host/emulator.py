@@ -35,7 +35,6 @@ import torch
 from .. import isa
 from ..config import AccelConfig
 from ..hw.ffn_engine import ffn_pass_cycles, weight_word_beats
-from ..hw.layouts import weight_word
 from ..hw.router import router_cycles
 from ..isa import (Buffer, DecodeError, ErrorCode, Instruction, Opcode, Queue, VectorOp,
                    decode_one, split)
@@ -136,6 +135,22 @@ def instruction_cycles(config: AccelConfig, instruction: Instruction,
     return 1
 
 
+def _word_bytes(config: AccelConfig, pattern) -> int:
+    """Bytes of one packed weight word, padded to whole bus beats (as `sw.sparsity.pack` writes)."""
+    return weight_word_beats(config, pattern) * config.axi_data_bytes
+
+
+def expert_steps(config: AccelConfig, fields: dict, tokens: int):
+    """The two passes (`sw.ffn.FFNPass`) of one expert of an EXPERT_LOOP with `tokens` tokens;
+    `sw.ffn.ShapeError` for what the configuration cannot hold."""
+    pattern = config.patterns[fields["pattern"]]
+    first = plan_pass(config, tokens, fields["d_model"], fields["d_ff"], pattern,
+                      swiglu=bool(fields["swiglu"]), activation=True, to_buffer=True)
+    down = plan_pass(config, tokens, fields["d_ff"], fields["d_model"], pattern, src=1,
+                     accumulate=True)
+    return first, down
+
+
 def expert_loop_cycles(config: AccelConfig, fields: dict, expert_tokens: list[int]) -> int:
     """An EXPERT_LOOP with `expert_tokens[e]` tokens for expert e. Per expert with tokens: its
     descriptor, activation table and the two passes' parameters arrive (a transfer each,
@@ -153,11 +168,8 @@ def expert_loop_cycles(config: AccelConfig, fields: dict, expert_tokens: list[in
         if not tokens:
             continue
         try:
-            first = plan_pass(config, tokens, fields["d_model"], fields["d_ff"], pattern,
-                              swiglu=bool(fields["swiglu"]), activation=True, to_buffer=True)
-            down = plan_pass(config, tokens, fields["d_ff"], fields["d_model"], pattern, src=1,
-                             accumulate=True)
-        except (ShapeError, ValueError):
+            first, down = expert_steps(config, fields, tokens)
+        except ShapeError:
             return total + 1                  # refused there
         setup = sum(TRANSFER_SETUP_CYCLES + _beats(config, size) for size in (
             isa.DESCRIPTOR_BYTES, 256, 8 * first.tiles * config.mac_rows,
@@ -463,8 +475,7 @@ class Emulator:
         config = self.config
         pattern = config.patterns[command["pattern"]]
         tiles, chunks = command["tiles"], command["chunks"]
-        word = -(-weight_word(config.mac_rows, config.mac_cols, pattern).size // 8)
-        word = -(-word // config.axi_data_bytes) * config.axi_data_bytes
+        word = _word_bytes(config, pattern)
         blocks = WeightBlocks(source, pattern, tiles * config.mac_rows,
                               chunks * chunk_inputs(config, pattern), tiles, chunks, word)
         return unpack(blocks, config)
@@ -474,9 +485,7 @@ class Emulator:
         config = self.config
         if command["drain"]:
             return 0
-        pattern = config.patterns[command["pattern"]]
-        word = -(-weight_word(config.mac_rows, config.mac_cols, pattern).size // 8)
-        word = -(-word // config.axi_data_bytes) * config.axi_data_bytes
+        word = _word_bytes(config, config.patterns[command["pattern"]])
         return command["tiles"] * command["chunks"] * word
 
     def _pass(self, command: dict, weights: bytes, rows=None) -> None:
@@ -641,10 +650,7 @@ class Emulator:
             raise _Stop(ErrorCode.BAD_FIELD, f"pattern={fields['pattern']} is not built "
                                              f"({len(config.patterns)} patterns)")
         try:
-            first = plan_pass(config, tokens, fields["d_model"], fields["d_ff"], pattern,
-                              swiglu=bool(fields["swiglu"]), activation=True, to_buffer=True)
-            down = plan_pass(config, tokens, fields["d_ff"], fields["d_model"], pattern, src=1,
-                             accumulate=True)
+            first, down = expert_steps(config, fields, tokens)
         except ShapeError as error:
             raise _Stop(ErrorCode.BAD_FIELD, f"the expert loop refuses: {error}") from None
         return [first.command(), down.command()]
