@@ -43,7 +43,7 @@ ATTENTION_COUNTERS = data.StructLayout({
     "output_wait": unsigned(32),       # cycles an O word waited for the `out` stream
 })
 
-RECIP_OUT_BITS = sa.RECIP_BITS - nx.GATE_FRAC_BITS + 1     # 2**40 // s for s >= 2**15
+RECIP_OUT_BITS = nx.ATTENTION_RECIP_BITS - nx.GATE_FRAC_BITS + 1     # 2**40 // s for s >= 2**15
 
 
 def attention_widths(config: AccelConfig) -> dict:
@@ -60,7 +60,7 @@ def attention_widths(config: AccelConfig) -> dict:
 def _state_bits(config: AccelConfig) -> int:
     """Softmax state and reciprocal of one (row, head)."""
     widths = attention_widths(config)
-    return sa.LOGIT_BITS + widths["sum"] + 2 * (nx.GATE_FRAC_BITS + 1) + RECIP_OUT_BITS
+    return nx.ATTENTION_LOGIT_BITS + widths["sum"] + 2 * (nx.GATE_FRAC_BITS + 1) + RECIP_OUT_BITS
 
 
 def attention_state_bytes(config: AccelConfig, shape: "sa.AttentionShape") -> int:
@@ -130,8 +130,8 @@ class Attention(wiring.Component):
         for the configuration's limits; none of them is sized by a sequence length."""
         group, word, row_words = config.attention_group, config.axi_data_bytes, config.attention_row_words
         widths = attention_widths(config)
-        registers = (widths["score"] + sa.LOGIT_BITS                   # S1 score, S2 logit
-                     + 2 * widths["sum"] + sa.RECIP_BITS + 1)          # divider
+        registers = (widths["score"] + nx.ATTENTION_LOGIT_BITS                   # S1 score, S2 logit
+                     + 2 * widths["sum"] + nx.ATTENTION_RECIP_BITS + 1)          # divider
         bits = (group * row_words * word * (8 + widths["acc"])           # Q words, accumulators
                 + group * config.max_heads * _state_bits(config)       # softmax state
                 + group * config.max_heads * widths["score"]            # partial scores
@@ -149,7 +149,7 @@ class Attention(wiring.Component):
         perf = self.perf
 
         state_layout = data.StructLayout({
-            "m": signed(sa.LOGIT_BITS),
+            "m": signed(nx.ATTENTION_LOGIT_BITS),
             "total": unsigned(widths["sum"]),
             "r": unsigned(frac + 1),
             "p": unsigned(frac + 1),
@@ -230,7 +230,7 @@ class Attention(wiring.Component):
         s1_valid, s2_valid = Signal(), Signal()
         s1_head, s2_head = Signal.like(head), Signal.like(head)
         s1_score = [Signal(signed(widths["score"]), name=f"s1_score{g}") for g in range(group)]
-        s2_logit = [Signal(signed(sa.LOGIT_BITS), name=f"s2_logit{g}") for g in range(group)]
+        s2_logit = [Signal(signed(nx.ATTENTION_LOGIT_BITS), name=f"s2_logit{g}") for g in range(group)]
         m.d.sync += [s1_valid.eq(0), s2_valid.eq(0)]
         partial = [Array(Signal(signed(widths["score"]), name=f"partial{g}_{t}")
                          for t in range(max_heads)) for g in range(group)]
@@ -269,7 +269,7 @@ class Attention(wiring.Component):
         with m.If(s1_valid):
             for g in range(group):
                 m.d.sync += s2_logit[g].eq(round_shift_saturate(
-                    s1_score[g] * cmd.score_mult, cmd.score_shift, max_product, sa.LOGIT_BITS))
+                    s1_score[g] * cmd.score_mult, cmd.score_shift, max_product, nx.ATTENTION_LOGIT_BITS))
             m.d.sync += [s2_valid.eq(1), s2_head.eq(s1_head)]
 
         # S2: running maximum, one exp, running sum; r and p of this key kept for the V row
@@ -280,7 +280,7 @@ class Attention(wiring.Component):
                 old = state_read.data[g]
                 new = state_write.data[g]
                 logit = s2_logit[g]
-                distance = Signal(signed(sa.LOGIT_BITS + 1), name=f"distance{g}")
+                distance = Signal(signed(nx.ATTENTION_LOGIT_BITS + 1), name=f"distance{g}")
                 magnitude = Signal(range(sa.EXP_CLAMP + 1), name=f"magnitude{g}")
                 exp_value = Signal(frac + 1, name=f"exp{g}")
                 m.d.comb += [
@@ -315,8 +315,8 @@ class Attention(wiring.Component):
         # -- reciprocals: 2**40 // total for every row of a head at once, one bit a cycle
         divisor = [Signal(widths["sum"], name=f"divisor{g}") for g in range(group)]
         remainder = [Signal(widths["sum"], name=f"remainder{g}") for g in range(group)]
-        quotient = [Signal(sa.RECIP_BITS + 1, name=f"quotient{g}") for g in range(group)]
-        step = Signal(range(sa.RECIP_BITS + 2))
+        quotient = [Signal(nx.ATTENTION_RECIP_BITS + 1, name=f"quotient{g}") for g in range(group)]
+        step = Signal(range(nx.ATTENTION_RECIP_BITS + 2))
 
         # -- drain: read the accumulators a word a cycle, normalise and requantise into `out`
         drain_row = Signal(range(group))
@@ -333,7 +333,7 @@ class Attention(wiring.Component):
             result = Signal(attention_word(config))
             for w in range(word):
                 acc = Array(acc_read[g].data[w] for g in range(group))[row]
-                average = round_shift(acc * recip, sa.RECIP_BITS - sa.AVG_FRAC_BITS)
+                average = round_shift(acc * recip, nx.ATTENTION_RECIP_BITS - sa.AVG_FRAC_BITS)
                 product = average * cmd.out_mult
                 m.d.comb += result.data[w].eq(round_shift_saturate(
                     product, cmd.out_shift, len(product), 8))
@@ -443,7 +443,7 @@ class Attention(wiring.Component):
                 for g in range(group):
                     reciprocal_step(m, step == 0, remainder[g], quotient[g], divisor[g])
                 m.d.sync += step.eq(step + 1)
-                with m.If(step == sa.RECIP_BITS):
+                with m.If(step == nx.ATTENTION_RECIP_BITS):
                     m.next = "DIVIDE_STORE"
 
             with m.State("DIVIDE_STORE"):

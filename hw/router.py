@@ -1,7 +1,7 @@
 """The router: Q8 logits in, top-k experts and their gate weights out, written into the on-chip
 dispatch table (per expert: a token count and a queue of (token, gate)) that the expert loop walks.
 
-Exactly `sw.quantized.QuantizedRouter`: the same fixed-point exp and sigmoid, the same tie rule (the
+Exactly `sw.router.QuantizedRouter`: the same fixed-point exp and sigmoid, the same tie rule (the
 lower expert index wins), the same normalisation by one exact reciprocal per token.
 
 The logits either arrive on a stream, or come from the router's own GEMM: ``router_lanes`` int8 MACs
@@ -26,7 +26,7 @@ from .layouts import (RouterMode, bias_write, dispatch_entry, router_command, ro
 __all__ = ["Router", "DIVIDE_CYCLES", "router_cycles"]
 
 KEY_BITS = 20                      # selection keys: Q8 logits, or Q15 score + Q15 bias
-DIVIDE_CYCLES = nx.RECIP_BITS + 1  # one quotient bit a cycle
+DIVIDE_CYCLES = nx.ROUTER_RECIP_BITS + 1  # one quotient bit a cycle
 
 
 def router_cycles(command: dict) -> int:
@@ -182,7 +182,7 @@ class Router(wiring.Component):
         group_kept = Signal(config.max_groups)
         maximum = Signal(signed(16))
         total = Signal(nx.GATE_FRAC_BITS + 1 + (experts - 1).bit_length() + 1)
-        quotient = Signal(nx.RECIP_BITS + 1)
+        quotient = Signal(nx.ROUTER_RECIP_BITS + 1)
         remainder = Signal(len(total) + 1)
         step = Signal(range(max(config.max_k, config.max_groups, DIVIDE_CYCLES) + 2))
 
@@ -431,7 +431,7 @@ class Router(wiring.Component):
                     chosen = Mux(step == j, top.index[j], chosen)
                 gate = Signal(nx.GATE_FRAC_BITS + 1)
                 m.d.comb += gate.eq(round_shift(numerator(step) * quotient,
-                                                nx.RECIP_BITS - nx.GATE_FRAC_BITS))
+                                                nx.ROUTER_RECIP_BITS - nx.GATE_FRAC_BITS))
                 pending = Signal()
                 pending_expert = Signal.like(scanned_expert)
                 pending_gate = Signal.like(gate)

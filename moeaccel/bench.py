@@ -103,6 +103,7 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
     ``MACs / lanes``, on-chip and DRAM bytes against their formulas, bit-exactness."""
     from .hw.attention import Attention, attention_state_bytes
     from .sim.attention_testbed import WORD_RAM_VERILOG, AttentionTestbed
+    from .cycles import attention_cycles
     from .sw import attention as sa
 
     config = preset(config_name)
@@ -120,7 +121,7 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
     macs = sa.attention_macs(shape)
     ideal = -(-macs // lanes)
     traffic = sa.traffic_bytes(shape, group, word)
-    model = sa.attention_cycles(shape, group, word)
+    model = attention_cycles(shape, group, word)
     return {
         "block": "attention", "config": config.name, "seq_q": shape.seq_q, "seq_kv": shape.seq_kv,
         "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "causal": causal,
@@ -142,7 +143,7 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
 
 def _check_shape(config, tokens, d_model, d_ff, pattern, activation):
     """Plan the expert's passes (raises `ShapeError` naming what does not fit)."""
-    from .sw.ffn import plan_pass
+    from .compiler.plan import plan_pass
 
     swiglu = activation == "swiglu"
     plan_pass(config, tokens, d_model, d_ff, pattern, swiglu=swiglu, activation=True,

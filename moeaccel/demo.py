@@ -83,7 +83,8 @@ def epilogue_in_rtl(out_dir: Path, config_name: str = "tiny") -> dict:
     from .hw.epilogue import Epilogue
     from .sim.harness import run_cocotb
     from .sw.models import build_model
-    from .sw.quantized import QuantizedMoE, dispatch_table
+    from .sw.quantized import QuantizedMoE
+    from .sw.router import dispatch_table
 
     lanes = preset(config_name).epilogue_lanes
     layer = build_model("tiny-olmoe-gelu")
@@ -176,7 +177,7 @@ def layers_as_programs(out_dir: Path, config_name: str = "tiny", tokens: int = 1
     emulator and compared with the integer golden model; the programs and their disassembly are
     written to `out_dir`."""
     from .host.emulator import Emulator
-    from .host.layer import moe_layer_program
+    from .compiler.emit import moe_layer_program
     from .sw.models import TINY_MODELS, build_model
     from .sw.quantized import QuantizedMoE
 

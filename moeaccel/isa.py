@@ -2,9 +2,10 @@
 hardware and the emulator decode, and the tools disassemble.
 
 An instruction is ``INSTRUCTION_BITS`` wide: an `Opcode`, four dependency-token bits (`DEPS`) and an
-opcode-specific body, all `lib.data` layouts. The compute bodies *are* the blocks' command layouts
-(`hw.layouts.ffn_command`, `router_command`, `attention_command`), so an instruction hands its block
-exactly the bits the block decodes; widths follow the `AccelConfig`.
+opcode-specific body, all `lib.data` layouts of `moeaccel.formats.instructions`. The compute bodies
+*are* the units' command layouts (`formats.expert_ffn.ffn_command`, `formats.router.router_command`,
+`formats.attention.attention_command`), so an instruction hands its unit exactly the bits the unit
+decodes; widths follow the `AccelConfig`.
 
 Instructions go to three queues (`QUEUE_OF`): loads, compute, stores. The dependency tokens order
 them (decoupled access/execute, as in VTA): an instruction may wait for a token from the queue before
@@ -21,309 +22,25 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from amaranth.hdl import signed, unsigned
+from amaranth.hdl import unsigned
 from amaranth.lib import data, enum
 
 from .config import AccelConfig, preset
+from .formats import attention, records, router
+from .formats.buffers import Buffer, buffer_bytes
+from .formats.epilogue import CHANNEL_PARAMS
+from .formats.instructions import (ADDRESS_BITS, DEPS, DESCRIPTOR, INSTRUCTION_BITS,
+                                   INSTRUCTION_BYTES, QUEUE_OF, ErrorCode, Opcode, Queue,
+                                   attention_body, bodies, body_name, expert_loop_body,
+                                   instruction_layout, linear_body, route_body, transfer_body,
+                                   vector_body)
+from .formats.instructions import check as check_instruction
+from .formats.vector import VectorOp
 
 __all__ = ["INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Queue", "QUEUE_OF", "Buffer",
-           "VectorOp", "ErrorCode", "DEPS", "ADDRESS_BITS", "transfer_body", "linear_body",
-           "route_body", "expert_loop_body", "attention_body", "vector_body", "PARAMS_ENTRY",
-           "GATES_ENTRY", "DISPATCH_ENTRY", "DESCRIPTOR", "DESCRIPTOR_BYTES", "router_record_bytes",
-           "dispatch_offsets", "act_row_bytes", "out_row_bytes", "as_dtype", "instruction_layout", "Instruction", "encode",
-           "decode", "decode_one", "split", "DecodeError", "disassemble", "markdown", "Program"]
-
-INSTRUCTION_BITS = 256
-INSTRUCTION_BYTES = INSTRUCTION_BITS // 8
-ADDRESS_BITS = 32             # byte offsets inside the DMA window the host grants
-
-
-class Opcode(enum.Enum, shape=4):
-    NOP = 0
-    LOAD = 1                  # DRAM -> an on-chip buffer, 2-D strided (load queue)
-    STORE = 2                 # an on-chip buffer -> DRAM, 2-D strided (store queue)
-    LINEAR = 3                # one Expert-FFN pass: dense or M:N, fused epilogue (compute)
-    ROUTE = 4                 # the router: logits, top-k, gates into the dispatch table (compute)
-    EXPERT_LOOP = 5           # walk the dispatch table: every active expert's FFN (compute)
-    ATTENTION = 6             # attention with K/V streamed once per query group (compute)
-    VECTOR = 7                # element-wise and row operations of a decoder layer (compute)
-    SYNC = 8                  # wait until every queue is idle
-    FINISH = 9                # end of program: raise done, stop
-
-
-class Queue(enum.Enum):
-    LOAD = 0
-    COMPUTE = 1
-    STORE = 2
-
-
-QUEUE_OF = {
-    Opcode.NOP: Queue.COMPUTE, Opcode.LOAD: Queue.LOAD, Opcode.STORE: Queue.STORE,
-    Opcode.LINEAR: Queue.COMPUTE, Opcode.ROUTE: Queue.COMPUTE, Opcode.EXPERT_LOOP: Queue.COMPUTE,
-    Opcode.ATTENTION: Queue.COMPUTE, Opcode.VECTOR: Queue.COMPUTE, Opcode.SYNC: Queue.COMPUTE,
-    Opcode.FINISH: Queue.COMPUTE,
-}
-
-
-class Buffer(enum.Enum, shape=4):
-    """On-chip buffers a LOAD fills or a STORE drains."""
-    ACT0 = 0                  # activation buffer 0 (int8 rows)
-    ACT1 = 1                  # activation buffer 1 (int8 rows: hidden values, gathered tokens)
-    WEIGHT = 2                # the weight banks: packed M:N words (`sw.sparsity.pack`) a LINEAR reads
-    PARAMS = 3                # per-channel epilogue parameters (`PARAMS_ENTRY`)
-    TABLE = 4                 # the 256-entry activation table (entry q + 128, int8)
-    GATES = 5                 # the gate table of an accumulating pass (`GATES_ENTRY`)
-    OUT = 6                   # the int32 output rows experts accumulate into
-    ROUTER_WEIGHTS = 7        # router weights and their logit requantisation (`router_record`)
-    ROUTER_BIAS = 8           # sigmoid_bias selection biases (int32 Q15 per expert)
-    DISPATCH = 9              # the dispatch table (`dispatch_offsets`): counts, then queues
-
-
-class VectorOp(enum.Enum, shape=3):
-    ADD = 0                   # residual add of two int8 rows, requantised
-    MUL = 1                   # element-wise multiply, requantised
-    RMSNORM = 2               # RMSNorm with a per-channel weight
-    LAYERNORM = 3             # LayerNorm with per-channel weight and bias
-    ROPE = 4                  # rotary position embedding of Q or K heads
-    REQUANT = 5               # requantise int32 rows (OUT) to int8
-    GATE = 6                  # a shared expert's sigmoid gate per token, into GATES
-
-
-class ErrorCode(enum.Enum, shape=4):
-    """The error status the hardware raises and the emulator reports; the run stops at once."""
-    NONE = 0
-    ILLEGAL_OPCODE = 1        # an opcode outside `Opcode`
-    BAD_FIELD = 2             # a field the configuration cannot hold (the block refused it)
-    DMA_WINDOW = 3            # a LOAD/STORE (or a descriptor) outside the granted DMA window
-    WATCHDOG = 4              # the run exceeded its cycle budget
-    DEADLOCK = 5              # every queue waits for a token no instruction will push
-    NO_FINISH = 6             # the program ended without FINISH
-
-
-DEPS = data.StructLayout({
-    "pop_prev": unsigned(1),  # wait for a token from the previous queue (load <- compute <- store)
-    "pop_next": unsigned(1),  # wait for a token from the next queue
-    "push_prev": unsigned(1), # give a token to the previous queue when done
-    "push_next": unsigned(1), # give a token to the next queue when done
-})
-
-
-def _index(limit: int):
-    return unsigned(max(1, (limit - 1).bit_length()))
-
-
-def _count(limit: int):
-    return unsigned(limit.bit_length())
-
-
-def transfer_body(config: AccelConfig) -> data.StructLayout:
-    """LOAD and STORE: ``rows`` rows of ``row_bytes`` between DRAM (``dram``, rows ``dram_stride``
-    bytes apart) and a buffer (``sram``, rows ``sram_stride`` bytes apart; 0: packed). A LOAD into
-    WEIGHT moves packed M:N weight words (`sw.sparsity.pack`) as they are: the compressed form is
-    what travels."""
-    return data.StructLayout({
-        "buffer": Buffer,
-        "dram": unsigned(ADDRESS_BITS),
-        "dram_stride": unsigned(ADDRESS_BITS),
-        "sram": unsigned(24),
-        "sram_stride": unsigned(24),
-        "rows": unsigned(16),
-        "row_bytes": unsigned(24),
-    })
-
-
-def linear_body(config: AccelConfig) -> data.StructLayout:
-    """LINEAR: one pass of the Expert-FFN engine (`hw.layouts.ffn_command`). Its packed weight words
-    (``tiles x chunks`` words, `sw.sparsity.pack`) stream from DRAM at ``weights``, or, with
-    ``preloaded``, come from the WEIGHT buffer at byte ``sram`` (put there by LOADs that the load
-    queue can run while the previous pass computes). Parameters come from PARAMS, the table from
-    TABLE, the gate table from GATES. Result rows go to activation buffer ``1 - src``
-    (``dst_row_words`` words a token), or with ``accumulate`` into OUT; a ``drain`` requantises
-    OUT's rows into activation buffer ``1 - src`` and clears them."""
-    from .hw.layouts import ffn_command
-    return data.StructLayout({
-        "command": ffn_command(config),
-        "weights": unsigned(ADDRESS_BITS),
-        "preloaded": unsigned(1),
-        "sram": unsigned(24),
-    })
-
-
-def route_body(config: AccelConfig) -> data.StructLayout:
-    """ROUTE: a router run (`hw.layouts.router_command`) into DISPATCH. With ``command.compute`` the
-    router's GEMM reads the tokens from ACT0 (rows ``row_words`` activation words apart) and the
-    weights from ROUTER_WEIGHTS; otherwise it reads int16 Q8 logits ``[tokens, experts]`` from DRAM
-    at ``logits``."""
-    from .hw.layouts import router_command
-    return data.StructLayout({
-        "command": router_command(config),
-        "row_words": unsigned(config.act_buffer_words.bit_length()),
-        "logits": unsigned(ADDRESS_BITS),
-    })
-
-
-def expert_loop_body(config: AccelConfig) -> data.StructLayout:
-    """EXPERT_LOOP: for each expert ``e < experts`` with tokens in DISPATCH, in order: read its
-    `DESCRIPTOR` at DRAM ``table + 32 e``, gather its tokens' rows from ACT0, run the first pass
-    (gate and up fused under ``swiglu``, the descriptor's table applied) into ACT1 and the down pass
-    adding ``gate x row`` into OUT. Experts without tokens cost nothing; each expert's weights are
-    read once. ``prefetch``: expert e+1's first weight block loads while e computes."""
-    return data.StructLayout({
-        "experts": _count(config.max_experts),
-        "table": unsigned(ADDRESS_BITS),
-        "d_model": _count(config.max_d_model),
-        "d_ff": _count(config.max_d_ff),
-        "pattern": unsigned(2),
-        "swiglu": unsigned(1),
-        "prefetch": unsigned(1),
-    })
-
-
-def attention_body(config: AccelConfig) -> data.StructLayout:
-    """ATTENTION: the attention unit's command and the DRAM offsets of its Q, K, V and O rows."""
-    from .hw.layouts import attention_command
-    return data.StructLayout({
-        "command": attention_command(config),
-        "q": unsigned(ADDRESS_BITS),
-        "k": unsigned(ADDRESS_BITS),
-        "v": unsigned(ADDRESS_BITS),
-        "o": unsigned(ADDRESS_BITS),
-    })
-
-
-def vector_body(config: AccelConfig) -> data.StructLayout:
-    """VECTOR: ``op`` (`sw.vector`) over ``rows`` rows of ``width`` values, from buffers ``a`` (and
-    ``b``) to ``dst``; row ``r`` of an activation buffer is at byte ``r x act_row_bytes(width)``,
-    of OUT at ``r x out_row_bytes(width)``. Per-channel operands are at DRAM ``params`` (formats
-    below). ADD: ``a x multiplier + b x multiplier_b``, MUL:
-    ``a x b x multiplier``, REQUANT: ``a x multiplier``, each ``>> shift``; the norms and GATE
-    requantise with ``multiplier``/``shift``; ROPE rotates heads of ``head_dim``."""
-    from .sw import numerics as nx
-    return data.StructLayout({
-        "op": VectorOp,
-        "rows": _count(max(config.max_tokens, config.max_seq_len)),
-        "width": _count(config.max_inputs),
-        "a": Buffer,
-        "b": Buffer,
-        "dst": Buffer,
-        "params": unsigned(ADDRESS_BITS),
-        "multiplier": unsigned(nx.MULT_BITS),
-        "multiplier_b": unsigned(nx.MULT_BITS),
-        "shift": unsigned(nx.SHIFT_BITS),
-        "head_dim": _count(config.attention_row_words * config.axi_data_bytes),
-    })
-
-
-# -- buffer and descriptor formats (bytes little-endian) -------------------------------------------
-
-# PARAMS: channel c (tile x mac_rows + row) at byte 8 c.
-PARAMS_ENTRY = data.StructLayout({
-    "bias": signed(32),
-    "multiplier": unsigned(16),
-    "shift": unsigned(8),
-    "reserved": unsigned(8),
-})
-
-# GATES: slot s (the s-th row of an accumulating pass) at byte 4 s: the OUT row it adds into and
-# its Q15 gate weight.
-GATES_ENTRY = data.StructLayout({
-    "row": unsigned(16),
-    "gate": unsigned(16),
-})
-
-# DISPATCH: E uint16 token counts, then expert e's queue at `dispatch_offsets`: (token, Q15 gate).
-DISPATCH_ENTRY = GATES_ENTRY
-
-# EXPERT_LOOP: one expert's descriptor, 32 bytes: DRAM offsets of its first-pass weights (gate/up
-# fused under SwiGLU, `sw.ffn.fuse_swiglu`), its down weights, their PARAMS images, its 256-byte
-# activation table, and the SwiGLU requantisation.
-DESCRIPTOR = data.StructLayout({
-    "first": unsigned(ADDRESS_BITS),
-    "down": unsigned(ADDRESS_BITS),
-    "first_params": unsigned(ADDRESS_BITS),
-    "down_params": unsigned(ADDRESS_BITS),
-    "table": unsigned(ADDRESS_BITS),
-    "swiglu_multiplier": unsigned(16),
-    "swiglu_shift": unsigned(8),
-    "reserved": unsigned(72),
-})
-DESCRIPTOR_BYTES = DESCRIPTOR.size // 8
-
-# VECTOR operands at DRAM `params`: RMSNORM/LAYERNORM an int64 eps_q, then width int16 weights,
-# then width int32 biases; ROPE rows x head_dim int16 (each row's Q14 cos, then sin); GATE width
-# int8 weights.
-
-
-def as_dtype(layout: data.StructLayout):
-    """The numpy dtype of a byte-aligned format above (little-endian; ``reserved`` fields become
-    padding), so that a buffer's bytes read as records of it."""
-    import numpy as np
-    names, formats, offsets = [], [], []
-    for name, field in layout:
-        shape = field.shape
-        if name == "reserved":
-            continue
-        if field.offset % 8 or shape.width not in (8, 16, 32, 64):
-            raise ValueError(f"field {name} is not a whole byte-aligned integer")
-        names.append(name)
-        formats.append(f"<{'i' if shape.signed else 'u'}{shape.width // 8}")
-        offsets.append(field.offset // 8)
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                     "itemsize": layout.size // 8})
-
-
-def router_record_bytes(config: AccelConfig) -> int:
-    """ROUTER_WEIGHTS: expert e's record at byte ``e x router_record_bytes``: ``router_chunks x
-    router_lanes`` int8 weights (zero-padded), a uint16 multiplier and a uint8 shift (its logit's
-    requantisation), one reserved byte."""
-    return config.router_chunks * config.router_lanes + 4
-
-
-def dispatch_offsets(config: AccelConfig) -> tuple[int, int]:
-    """DISPATCH: (byte of the first queue, bytes per queue); the counts come first."""
-    return 2 * config.max_experts, 4 * config.dispatch_capacity
-
-
-def act_row_bytes(config: AccelConfig, width: int) -> int:
-    """Bytes between rows of `width` int8 values in an activation buffer (whole words)."""
-    return -(-width // config.act_word_bytes) * config.act_word_bytes
-
-
-def out_row_bytes(config: AccelConfig, width: int) -> int:
-    """Bytes between rows of `width` int32 values in OUT (whole tiles of ``mac_rows``)."""
-    return -(-width // config.mac_rows) * config.mac_rows * 4
-
-
-def _bodies(config: AccelConfig) -> dict:
-    transfer = transfer_body(config)
-    return {
-        Opcode.LOAD: transfer, Opcode.STORE: transfer,
-        Opcode.LINEAR: linear_body(config), Opcode.ROUTE: route_body(config),
-        Opcode.EXPERT_LOOP: expert_loop_body(config), Opcode.ATTENTION: attention_body(config),
-        Opcode.VECTOR: vector_body(config),
-    }
-
-
-def instruction_layout(config: AccelConfig) -> data.StructLayout:
-    """The instruction of `config`: opcode, dependency tokens, the body as a union over opcodes
-    (named by the opcode, lower case), padded to `INSTRUCTION_BITS`."""
-    bodies = _bodies(config)
-    union = data.UnionLayout({op.name.lower(): layout for op, layout in bodies.items()
-                              if op is not Opcode.STORE})
-    header = Opcode.as_shape().width + DEPS.size
-    if header + union.size > INSTRUCTION_BITS:
-        widest = max(bodies.items(), key=lambda item: item[1].size)[0].name
-        raise ValueError(f"{config.name}: the {widest} body takes {union.size} bits, more than the "
-                         f"{INSTRUCTION_BITS - header} an instruction has")
-    return data.StructLayout({"opcode": Opcode, "deps": DEPS, "body": union,
-                              "reserved": unsigned(INSTRUCTION_BITS - header - union.size)})
-
-
-def _body_name(opcode: Opcode) -> str | None:
-    if opcode in (Opcode.LOAD, Opcode.STORE):
-        return "load"
-    return opcode.name.lower() if opcode in (Opcode.LINEAR, Opcode.ROUTE, Opcode.EXPERT_LOOP,
-                                             Opcode.ATTENTION, Opcode.VECTOR) else None
+           "VectorOp", "ErrorCode", "DEPS", "ADDRESS_BITS", "instruction_layout", "Instruction",
+           "encode", "decode", "decode_one", "split", "DecodeError", "disassemble", "markdown",
+           "Program", "ProgramError"]
 
 
 @dataclass(frozen=True)
@@ -367,13 +84,13 @@ def _plain(view, layout, where: str) -> dict:
 def encode(config: AccelConfig, instructions) -> bytes:
     """The program's bytes: each instruction little-endian, `INSTRUCTION_BYTES` apiece."""
     layout = instruction_layout(config)
-    bodies = _bodies(config)
+    layouts = bodies(config)
     words = []
     for index, instruction in enumerate(instructions):
-        name = _body_name(instruction.opcode)
+        name = body_name(instruction.opcode)
         fields = {"opcode": instruction.opcode, "deps": instruction.deps}
         if name is not None:
-            body = bodies[instruction.opcode]
+            body = layouts[instruction.opcode]
             _check_range(body, instruction.fields, f"instruction {index} "
                                                    f"({instruction.opcode.name})")
             fields["body"] = {name: instruction.fields}
@@ -431,10 +148,10 @@ def decode_one(config: AccelConfig, word: bytes, index: int = 0) -> Instruction:
         raise DecodeError(f"instruction {index}: illegal opcode {raw}", index,
                           ErrorCode.ILLEGAL_OPCODE) from None
     view = instruction_layout(config).from_bits(bits)
-    name = _body_name(opcode)
+    name = body_name(opcode)
     where = f"instruction {index} ({opcode.name})"
     try:
-        fields = _plain(view.body[name], _bodies(config)[opcode], where) if name else {}
+        fields = _plain(view.body[name], bodies(config)[opcode], where) if name else {}
     except ValueError as error:
         raise DecodeError(str(error), index, ErrorCode.BAD_FIELD) from None
     deps = _plain(view.deps, DEPS, where)
@@ -455,10 +172,17 @@ def decode(config: AccelConfig, program: bytes) -> list[Instruction]:
     return [decode_one(config, word, index) for index, word in enumerate(split(program))]
 
 
+class ProgramError(ValueError):
+    """An instruction the hardware would refuse, named with its index and the reasons."""
+
+
 class Program:
     """A program written instruction by instruction (the assembler level the tests and the compiler's
     emitter use). Each method appends one instruction and returns the program, so calls chain;
     the keyword arguments ``pop_prev``, ``pop_next``, ``push_prev``, ``push_next`` set its tokens.
+    Each instruction is checked as it is added (`formats.instructions.check`, the hardware's own
+    rules): one the hardware would refuse raises `ProgramError`. ``checked=False`` lets a test
+    write such instructions on purpose.
 
         program = (Program(config)
                    .load(Buffer.ACT0, dram=x, rows=tokens, row_bytes=d_model, push_next=True)
@@ -467,8 +191,9 @@ class Program:
         blob = program.encode()
     """
 
-    def __init__(self, config: AccelConfig):
+    def __init__(self, config: AccelConfig, checked: bool = True):
         self.config = config
+        self.checked = checked
         self.instructions: list[Instruction] = []
 
     def __len__(self) -> int:
@@ -479,8 +204,15 @@ class Program:
 
     def add(self, opcode: Opcode, fields: dict | None = None, *, pop_prev=False, pop_next=False,
             push_prev=False, push_next=False) -> "Program":
-        self.instructions.append(Instruction(opcode, dict(fields or {}), pop_prev, pop_next,
-                                             push_prev, push_next))
+        fields = dict(fields or {})
+        if self.checked:
+            reasons = check_instruction(self.config, opcode, fields)
+            if reasons:
+                raise ProgramError(f"instruction {len(self.instructions)} ({opcode.name}): the "
+                                   f"{self.config.name} configuration refuses "
+                                   + ", ".join(reasons))
+        self.instructions.append(Instruction(opcode, fields, pop_prev, pop_next, push_prev,
+                                             push_next))
         return self
 
     def _transfer(self, opcode, buffer, dram, rows, row_bytes, sram, dram_stride, sram_stride,
@@ -507,15 +239,15 @@ class Program:
 
     def linear(self, command: dict, *, weights: int = 0, preloaded: bool = False, sram: int = 0,
                **tokens) -> "Program":
-        """One Expert-FFN pass: `command` holds `hw.layouts.ffn_command` fields
-        (`sw.ffn.FFNPass.command()`); its weights at DRAM `weights`, or `preloaded` in WEIGHT at
+        """One Expert-FFN pass: `command` holds `formats.expert_ffn.ffn_command` fields
+        (`compiler.plan.FFNPass.command()`); its weights at DRAM `weights`, or `preloaded` in WEIGHT at
         byte `sram`."""
         return self.add(Opcode.LINEAR, {"command": command, "weights": weights,
                                         "preloaded": int(preloaded), "sram": sram}, **tokens)
 
     def route(self, command: dict, *, row_words: int = 0, logits: int = 0,
               **tokens) -> "Program":
-        """A router run: `hw.layouts.router_command` fields; tokens from ACT0 rows `row_words`
+        """A router run: `formats.router.router_command` fields; tokens from ACT0 rows `row_words`
         words apart (``compute``), else int16 logits from DRAM at `logits`."""
         return self.add(Opcode.ROUTE, {"command": command, "row_words": row_words,
                                        "logits": logits}, **tokens)
@@ -527,11 +259,10 @@ class Program:
             "pattern": pattern, "swiglu": int(swiglu), "prefetch": int(prefetch)}, **tokens)
 
     def attention(self, shape, params, *, q: int, k: int, v: int, o: int, **tokens) -> "Program":
-        """An attention call (`sw.attention.AttentionShape`, `AttentionParams`) over Q, K, V rows
-        at DRAM offsets `q`, `k`, `v`, writing O at `o`."""
-        from .hw.attention import command_fields
+        """An attention call (`formats.attention.AttentionShape`, `sw.attention.AttentionParams`)
+        over Q, K, V rows at DRAM offsets `q`, `k`, `v`, writing O at `o`."""
         return self.add(Opcode.ATTENTION, {
-            "command": command_fields(self.config, shape, params), "q": q, "k": k, "v": v,
+            "command": attention.command_fields(self.config, shape, params), "q": q, "k": k, "v": v,
             "o": o}, **tokens)
 
     def vector(self, op: VectorOp, *, rows: int, width: int, a: Buffer, dst: Buffer,
@@ -611,9 +342,9 @@ _BODY_DOCS = {Opcode.LOAD: transfer_body, Opcode.LINEAR: linear_body, Opcode.ROU
 def markdown(config: AccelConfig) -> str:
     """docs/isa.md: every layout, opcode and code, generated from this module for `config`."""
     layout = instruction_layout(config)
-    bodies = _bodies(config)
+    layouts = bodies(config)
     out = ["# The instruction set", "",
-           f"Generated by `python -m moeaccel.isa --config {config.name}` from `moeaccel/isa.py`; "
+           f"Generated by `python -m moeaccel.isa --config {config.name}` from `moeaccel/formats/`; "
            "field widths follow the `AccelConfig` (this page: the "
            f"`{config.name}` preset). `tests/test_isa.py` checks that this page matches the code.",
            "", f"Instructions are {INSTRUCTION_BITS} bits, stored little-endian, "
@@ -632,36 +363,44 @@ def markdown(config: AccelConfig) -> str:
             out.append(f"| {member.value} | {member.name} |{queue}")
     body_offset = layout["body"].offset
     for opcode in Opcode:
-        if opcode not in bodies or opcode is Opcode.STORE:
+        if opcode not in layouts or opcode is Opcode.STORE:
             continue
         title = "LOAD and STORE" if opcode is Opcode.LOAD else opcode.name
         text = " ".join(_BODY_DOCS[opcode].__doc__.split(": ", 1)[1].split()).replace("``", "`")
         out += ["", f"## {title}", "", text[0].upper() + text[1:], "",
                 "| field | bits | width | type |", "|---|---|---|---|"]
         out += [f"| {n} | {body_offset + o}..{body_offset + o + w - 1} | {w} | {t} |"
-                for n, o, w, t in _layout_rows(bodies[opcode])]
+                for n, o, w, t in _layout_rows(layouts[opcode])]
     out += ["", "SYNC, FINISH and NOP have no body. A SYNC holds every instruction after it until "
             "all before it have ended.", ""]
-    first_queue, queue_bytes = dispatch_offsets(config)
-    out += ["## Buffer and descriptor formats", "",
+    dispatch = router.dispatch_table(config)
+    out += ["## Buffers and records", "",
             "Bytes are little-endian. Rows of int8 values in ACT0/ACT1 are "
             f"`act_row_bytes(width)` apart (whole {config.act_word_bytes}-byte activation words); "
             "int32 rows in OUT `out_row_bytes(width)` apart (whole tiles of "
             f"{config.mac_rows} channels). WEIGHT and the weight streams hold packed M:N words "
             "(`sw.sparsity.pack`: per tile of `mac_rows` channels, `chunks` words, each padded to "
-            "whole bus beats). TABLE holds 256 int8 entries (entry q + 128). ROUTER_WEIGHTS holds "
-            f"one {router_record_bytes(config)}-byte record per expert (`router_record_bytes`: the "
-            "int8 weights, a uint16 multiplier, a uint8 shift). ROUTER_BIAS holds int32 Q15 biases. "
-            f"DISPATCH holds uint16 token counts for {config.max_experts} experts, then from byte "
-            f"{first_queue} one queue of {queue_bytes} bytes per expert (`DISPATCH_ENTRY`). VECTOR "
-            "operands in DRAM: RMSNORM/LAYERNORM an int64 `eps_q`, `width` int16 weights, `width` "
-            "int32 biases; ROPE `rows x head_dim` int16 (Q14 cos of the first half, then sin); GATE "
-            "`width` int8 weights."]
-    for name, layout in (("PARAMS_ENTRY", PARAMS_ENTRY), ("GATES_ENTRY", GATES_ENTRY),
-                         ("DISPATCH_ENTRY", DISPATCH_ENTRY), ("DESCRIPTOR", DESCRIPTOR)):
-        out += ["", f"### `{name}` ({layout.size // 8} bytes)", "",
+            "whole bus beats). TABLE holds the activation table, entry q + 128 for int8 input q. "
+            "DISPATCH holds every expert's token count, then from byte "
+            f"{dispatch['queues'].offset // 8} one queue of {config.dispatch_capacity} "
+            "`TOKEN_GATE` records per expert. VECTOR operands in DRAM "
+            "(`formats.vector.operand_layout`): RMSNORM/LAYERNORM an int64 `eps_q`, `width` int16 "
+            "weights, `width` int32 biases; ROPE `rows x head_dim` int16 (Q14 cos of the first "
+            "half, then sin); GATE `width` int8 weights. Sizes and layouts come from "
+            "`moeaccel.formats`.", "", "| buffer | bytes | record |", "|---|---|---|"]
+    holds = {Buffer.PARAMS: "`CHANNEL_PARAMS`", Buffer.GATES: "`TOKEN_GATE`",
+             Buffer.ROUTER_WEIGHTS: "`router_record`", Buffer.ROUTER_BIAS: "`SELECTION_BIAS`",
+             Buffer.DISPATCH: "`DISPATCH_COUNT`, `TOKEN_GATE`"}
+    out += [f"| {buffer.name} | {size} | {holds.get(buffer, '')} |"
+            for buffer, size in buffer_bytes(config).items()]
+    for name, record in (("CHANNEL_PARAMS", CHANNEL_PARAMS.dram), ("TOKEN_GATE", router.TOKEN_GATE.dram),
+                         ("DISPATCH_COUNT", router.DISPATCH_COUNT.dram),
+                         ("SELECTION_BIAS", router.SELECTION_BIAS.dram),
+                         ("router_record", router.router_record(config)),
+                         ("DESCRIPTOR", DESCRIPTOR)):
+        out += ["", f"### `{name}` ({records.size(record)} bytes)", "",
                 "| field | bits | width | type |", "|---|---|---|---|"]
-        out += [f"| {n} | {o}..{o + w - 1} | {w} | {t} |" for n, o, w, t in _layout_rows(layout)]
+        out += [f"| {n} | {o}..{o + w - 1} | {w} | {t} |" for n, o, w, t in _layout_rows(record)]
     out.append("")
     return "\n".join(out)
 

@@ -29,56 +29,18 @@ from dataclasses import dataclass
 
 import torch
 
+from ..formats import attention as attention_formats
+from ..formats.attention import AttentionShape, group_keys
+from ..formats.numbers import ATTENTION_LOGIT_BITS, ATTENTION_RECIP_BITS
 from . import numerics as nx
 from .quantized import dequantize, quantize_tensor
 
-__all__ = ["LOGIT_BITS", "RECIP_BITS", "AVG_FRAC_BITS", "AttentionShape", "AttentionParams",
-           "attention_fixed", "attention_float", "QuantizedAttention", "group_keys", "stream_words",
-           "traffic_bytes", "as_words", "check_fits", "attention_cycles", "attention_macs", "INPUT_KINDS", "random_inputs"]
+__all__ = ["AVG_FRAC_BITS", "EXP_CLAMP", "AttentionShape", "AttentionParams", "attention_fixed",
+           "attention_float", "QuantizedAttention", "group_keys", "stream_words", "traffic_bytes",
+           "as_words", "check_fits", "attention_macs", "INPUT_KINDS", "random_inputs"]
 
-LOGIT_BITS = 24          # attention logits: signed Q8, saturated to 24 bits (range +-32768)
-RECIP_BITS = 40          # reciprocal 2**40 // s, for sums s in [2**15, 2**31)
 AVG_FRAC_BITS = 8        # acc / s is formed in Q8 of the value scale before the output requantisation
 EXP_CLAMP = 4095         # exp_fixed(-d) is 0 for every d >= 2840; the hardware clamps |d| here
-
-
-@dataclass(frozen=True)
-class AttentionShape:
-    """One attention call: ``seq_q`` query rows against ``seq_kv`` keys, ``heads`` query heads sharing
-    ``kv_heads`` key/value heads (grouped-query attention when fewer), ``head_dim`` each."""
-
-    seq_q: int
-    seq_kv: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    causal: bool = False
-
-    def __post_init__(self):
-        for name in ("seq_q", "seq_kv", "heads", "kv_heads", "head_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"attention {name} must be a positive integer, not {value!r}")
-        if self.heads % self.kv_heads:
-            raise ValueError(f"attention heads={self.heads} must be a multiple of "
-                             f"kv_heads={self.kv_heads} (grouped-query attention)")
-        if self.causal and self.seq_q > self.seq_kv:
-            raise ValueError(f"causal attention needs seq_q <= seq_kv (the queries are the last "
-                             f"positions), not seq_q={self.seq_q} > seq_kv={self.seq_kv}")
-
-    @property
-    def rep(self) -> int:
-        """Query heads per key/value head."""
-        return self.heads // self.kv_heads
-
-    @property
-    def offset(self) -> int:
-        """Position of query row 0 among the keys (causal masking)."""
-        return self.seq_kv - self.seq_q
-
-    def head_words(self, word: int) -> int:
-        """Bus words of `word` int8 lanes per head (the head zero-padded to whole words)."""
-        return -(-self.head_dim // word)
 
 
 @dataclass(frozen=True)
@@ -127,7 +89,7 @@ def attention_fixed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: At
     q, k, v = (torch.as_tensor(t, dtype=torch.int64) for t in (q, k, v))
     one = nx.GATE_ONE
     x = nx.saturate(nx.round_shift(_scores(q, k, shape.rep) * params.score_mult,
-                                   params.score_shift), LOGIT_BITS)
+                                   params.score_shift), ATTENTION_LOGIT_BITS)
     v = v.repeat_interleave(shape.rep, dim=1)                   # [seq_kv, heads, dim]
     positions = torch.arange(shape.seq_q) + shape.offset
     m = x[:, :, 0].clone()
@@ -147,8 +109,8 @@ def attention_fixed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: At
         m = torch.where(d > 0, xj, m)
         total = nx.round_shift(total * r, nx.GATE_FRAC_BITS) + p
         acc = nx.round_shift(acc * r.unsqueeze(-1), nx.GATE_FRAC_BITS) + p.unsqueeze(-1) * v[j]
-    recip = (1 << RECIP_BITS) // total
-    average = nx.round_shift(acc * recip.unsqueeze(-1), RECIP_BITS - AVG_FRAC_BITS)
+    recip = (1 << ATTENTION_RECIP_BITS) // total
+    average = nx.round_shift(acc * recip.unsqueeze(-1), ATTENTION_RECIP_BITS - AVG_FRAC_BITS)
     return nx.requantize(average, params.out_mult, params.out_shift)
 
 
@@ -207,14 +169,6 @@ class QuantizedAttention:
 
 # -- the order the hardware takes its data in -----------------------------------------------------------
 
-def group_keys(shape: AttentionShape, first_row: int, rows: int) -> int:
-    """Keys the query rows ``first_row .. first_row + rows - 1`` stream: all of them, or under a causal
-    mask those up to the last row's position."""
-    if not shape.causal:
-        return shape.seq_kv
-    return min(shape.seq_kv, shape.offset + first_row + rows)
-
-
 def _rows_as_words(t: torch.Tensor, word: int) -> torch.Tensor:
     """``[rows, heads, dim]`` -> ``[rows, heads * ceil(dim / word), word]``, heads zero-padded."""
     rows, heads, dim = t.shape
@@ -258,48 +212,15 @@ def traffic_bytes(shape: AttentionShape, group: int, word: int) -> dict:
 
 
 def check_fits(shape: AttentionShape, config) -> None:
-    """Refuse, naming the limit, a call the `AccelConfig`'s attention unit cannot hold."""
-    word = config.axi_data_bytes
-    row = shape.heads * shape.head_words(word)
-    for name, value, limit in (("seq_q", shape.seq_q, config.max_seq_len),
-                               ("seq_kv", shape.seq_kv, config.max_seq_len),
-                               ("heads", shape.heads, config.max_heads)):
-        if value > limit:
-            raise ValueError(f"attention {name}={value} exceeds the {config.name} configuration's "
-                             f"limit of {limit}")
-    if row > config.attention_row_words:
-        raise ValueError(f"attention rows of heads={shape.heads} x head_dim={shape.head_dim} take "
-                         f"{row} words of {word} int8, more than the {config.attention_row_words} "
-                         f"the {config.name} configuration holds (max_d_model={config.max_d_model})")
-
-
-SETTLE_CYCLES = 3        # K row -> V row: the last heads' softmax updates leave the pipeline
-DIVIDE_CYCLES = RECIP_BITS + 4      # per head: read the sums, 41 quotient bits, store
-
-
-def attention_cycles(shape: AttentionShape, group: int, word: int) -> dict:
-    """Cycles of `hw.attention.Attention` fed by `AttentionSequencer` from a memory answering a
-    read a cycle later (a word every cycle after the first), with no backpressure, by phase.
-
-    Per group: a cycle to start it, its Q words; per key, the K row and the V row (``heads x head_words`` cycles each: a
-    word is held for each query head that shares it) and the settle between them; one reciprocal
-    per head; the drain of the group's output words (and two cycles of pipeline).
-    """
-    head_words = shape.head_words(word)
-    row_q = shape.heads * head_words
-    phases = {"q": 0, "keys": 0, "settle": 0, "divide": 0, "drain": 0,
-              "control": 1}      # the first word's read latency
-    for first in range(0, shape.seq_q, group):
-        rows = min(group, shape.seq_q - first)
-        keys = group_keys(shape, first, rows)
-        phases["control"] += 1
-        phases["q"] += rows * row_q
-        phases["keys"] += 2 * keys * row_q
-        phases["settle"] += keys * SETTLE_CYCLES
-        phases["divide"] += shape.heads * DIVIDE_CYCLES
-        phases["drain"] += rows * row_q + 2
-    phases["total"] = sum(phases.values())
-    return phases
+    """Refuse, naming the limits, a call the `AccelConfig`'s attention unit cannot hold (the unit's
+    own rules, `formats.attention.check`, on the call's command)."""
+    fields = attention_formats.command_fields(config, shape, AttentionParams(nx.MULT_MIN, 0,
+                                                                             nx.MULT_MIN, 0))
+    reasons = attention_formats.check(config, fields)
+    if reasons:
+        raise ValueError(f"attention of {shape.seq_q} x {shape.seq_kv}, {shape.heads} heads of "
+                         f"{shape.head_dim} does not fit the {config.name} configuration: "
+                         + "; ".join(reasons))
 
 
 def attention_macs(shape: AttentionShape) -> int:

@@ -3,7 +3,7 @@ tables and the fixed-point exp/softmax/sigmoid.
 
 Every function takes and returns integer tensors (``torch.int64``, wide enough that no intermediate
 here can overflow) and is the definition the RTL and the emulator must match. `docs/numerics.md` states
-the same rules in prose.
+the same rules in prose. The widths and fixed-point formats are `moeaccel.formats.numbers`.
 """
 
 from __future__ import annotations
@@ -15,25 +15,17 @@ import torch
 
 __all__ = [
     "INT8_MIN", "INT8_MAX", "INT32_MIN", "INT32_MAX",
-    "MULT_BITS", "MULT_MIN", "MULT_MAX", "SHIFT_BITS", "SHIFT_MAX", "LOGIT_FRAC_BITS", "GATE_FRAC_BITS", "GATE_ONE",
+    "MULT_BITS", "MULT_MIN", "MULT_MAX", "SHIFT_BITS", "SHIFT_MAX", "LOGIT_FRAC_BITS",
+    "GATE_FRAC_BITS", "GATE_ONE", "ROUTER_RECIP_BITS", "ATTENTION_LOGIT_BITS", "ATTENTION_RECIP_BITS",
     "saturate", "round_shift", "requantize", "quantize_multiplier", "epilogue",
     "activation_table", "apply_table", "ACTIVATIONS",
     "EXP2_TABLE", "exp_fixed", "normalize", "SIGMOID_TABLE", "sigmoid_fixed", "topk_indices",
 ]
 
-INT8_MIN, INT8_MAX = -128, 127
-INT16_MIN, INT16_MAX = -(1 << 15), (1 << 15) - 1
-INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
-
-# Requantisation multiplier: an unsigned 15-bit mantissa, normalised to [2**14, 2**15).
-MULT_BITS = 15
-MULT_MIN, MULT_MAX = 1 << (MULT_BITS - 1), (1 << MULT_BITS) - 1
-SHIFT_BITS = 6
-SHIFT_MAX = 47          # (33-bit sum) x (15-bit multiplier) is at most 48 bits: no wider shift is useful
-
-LOGIT_FRAC_BITS = 8     # router logits are int16 fixed point with 8 fractional bits (range +-128)
-GATE_FRAC_BITS = 15     # gate weights and probabilities are unsigned Q15: 1.0 == 32768
-GATE_ONE = 1 << GATE_FRAC_BITS
+from ..formats.numbers import (ATTENTION_LOGIT_BITS, ATTENTION_RECIP_BITS, GATE_FRAC_BITS, GATE_ONE,
+                               INT8_MAX, INT8_MIN, INT16_MAX, INT16_MIN, INT32_MAX, INT32_MIN,
+                               LOGIT_FRAC_BITS, MULT_BITS, MULT_MAX, MULT_MIN, ROUTER_RECIP_BITS,
+                               SHIFT_BITS, SHIFT_MAX)
 
 
 def _int(x) -> torch.Tensor:
@@ -161,9 +153,6 @@ def exp_fixed(d) -> torch.Tensor:
     return torch.where(whole >= EXP_ZERO_SHIFT, torch.zeros_like(value), value)
 
 
-RECIP_BITS = 46         # reciprocal 2**46 // sum, for sums in [2**15, 2**31)
-
-
 def normalize(values, dim: int = -1) -> torch.Tensor:
     """Divide non-negative Q15 values by their sum along `dim`, giving Q15 weights.
 
@@ -172,9 +161,9 @@ def normalize(values, dim: int = -1) -> torch.Tensor:
     """
     values = _int(values)
     total = values.sum(dim=dim, keepdim=True)
-    recip = torch.where(total > 0, (1 << RECIP_BITS) // torch.clamp(total, min=1),
+    recip = torch.where(total > 0, (1 << ROUTER_RECIP_BITS) // torch.clamp(total, min=1),
                         torch.zeros_like(total))
-    return round_shift(values * recip, RECIP_BITS - GATE_FRAC_BITS)
+    return round_shift(values * recip, ROUTER_RECIP_BITS - GATE_FRAC_BITS)
 
 
 def softmax_fixed(logits, dim: int = -1) -> torch.Tensor:

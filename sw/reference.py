@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..formats.router import ROUTER_MODES
+
 __all__ = ["ROUTER_MODES", "EXPERT_ACTIVATIONS", "MoESpec", "Expert", "MoELayer", "route_float"]
 
-ROUTER_MODES = ("softmax_topk_renorm", "softmax_topk", "top1", "sigmoid_bias")
 EXPERT_ACTIVATIONS = ("swiglu", "gelu", "relu")
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from ..config import AccelConfig, SparsityPattern
+from ..formats.expert_ffn import chunk_inputs, weight_word, weight_word_bytes
 
-__all__ = ["prune", "compress", "decompress", "sparse_matmul",
-           "chunk_inputs", "WeightBlocks", "pack", "unpack"]
+__all__ = ["prune", "compress", "decompress", "sparse_matmul", "WeightBlocks", "pack", "unpack"]
 
 
 def _groups(weight: torch.Tensor, pattern: SparsityPattern) -> torch.Tensor:
@@ -78,11 +78,6 @@ def sparse_matmul(x_q: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
     return (selected * values.to(torch.int64).unsqueeze(0)).sum(dim=(2, 3))
 
 
-def chunk_inputs(config: AccelConfig, pattern: SparsityPattern) -> int:
-    """Input elements one weight word covers: ``mac_cols * M / N``."""
-    return config.mac_cols * pattern.m // pattern.n
-
-
 @dataclass(frozen=True)
 class WeightBlocks:
     """A weight matrix packed for the engine: one block per tile of ``mac_rows`` output channels, each
@@ -102,12 +97,12 @@ class WeightBlocks:
 
 
 def pack(weight_q: torch.Tensor, pattern: SparsityPattern, config: AccelConfig) -> WeightBlocks:
-    """Pack pruned int8 weights ``[F, D]`` into the engine's blocks (layout `hw.layouts.weight_word`).
+    """Pack pruned int8 weights ``[F, D]`` into the engine's blocks (layout
+    `formats.expert_ffn.weight_word`).
 
-    Rows beyond F and inputs beyond D are zero weights; each word is padded to whole bus beats.
+    Rows beyond F and inputs beyond D are zero weights; each word is padded to whole bus beats
+    (`formats.expert_ffn.weight_word_bytes`).
     """
-    from ..hw.layouts import weight_word
-
     if not config.supports(pattern):
         raise ValueError(f"sparsity {pattern} is not built into the {config.name} configuration "
                          f"(it has {', '.join(str(p) for p in config.patterns)})")
@@ -122,9 +117,7 @@ def pack(weight_q: torch.Tensor, pattern: SparsityPattern, config: AccelConfig) 
     # -> [tile, chunk, row, lane]
     values = values.view(tiles, rows_per_tile, chunks, lanes).permute(0, 2, 1, 3)
     layout = weight_word(rows_per_tile, lanes, pattern)
-    word_bits = layout.size
-    word_bytes = -(-word_bits // 8)
-    word_bytes = -(-word_bytes // config.axi_data_bytes) * config.axi_data_bytes
+    word_bytes = weight_word_bytes(config, pattern)
     bits = np.zeros((tiles, chunks, word_bytes * 8), dtype=np.uint8)
     # Offsets come from the layout; within a field, ArrayLayout elements are contiguous.
     values_at = layout["values"].offset
@@ -152,8 +145,6 @@ def pack(weight_q: torch.Tensor, pattern: SparsityPattern, config: AccelConfig) 
 def unpack(blocks: WeightBlocks, config: AccelConfig) -> torch.Tensor:
     """The dense int8 ``[F, D]`` matrix that packed blocks hold: what the engine multiplies by (the
     emulator's view of the weight stream, and the check of `pack`)."""
-    from ..hw.layouts import weight_word
-
     pattern = blocks.pattern
     layout = weight_word(config.mac_rows, config.mac_cols, pattern)
     rows, lanes = config.mac_rows, config.mac_cols

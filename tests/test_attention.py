@@ -98,8 +98,9 @@ def test_bench_attention_refuses_what_the_configuration_cannot_hold(capsys):
     from moeaccel.cli import main
     assert main(["bench", "attention", "--seq", "2048", "--heads", "2", "--head-dim", "8",
                  "--config", "tiny"]) == 2
-    assert capsys.readouterr().err == ("moeaccel bench: attention seq_q=2048 exceeds the tiny "
-                                       "configuration's limit of 1024\n")
+    assert capsys.readouterr().err == (
+        "moeaccel bench: attention of 2048 x 2048, 2 heads of 8 does not fit the tiny "
+        "configuration: seq_q=2048 (1 .. max_seq_len=1024); seq_kv=2048 (1 .. max_seq_len=1024)\n")
 
 
 @pytest.mark.sim

@@ -11,9 +11,10 @@ from amaranth.hdl import UnusedElaboratable
 
 from moeaccel.config import preset
 from moeaccel.sw import numerics as nx
-from moeaccel.sw.attention import (AttentionParams, AttentionShape, attention_cycles,
-                                   attention_fixed, attention_macs, check_fits, group_keys,
-                                   random_inputs, stream_words, traffic_bytes)
+from moeaccel.cycles import attention_cycles
+from moeaccel.sw.attention import (AttentionParams, AttentionShape, attention_fixed, attention_macs,
+                                   check_fits, group_keys, random_inputs, stream_words,
+                                   traffic_bytes)
 from moeaccel.sw.attention_accuracy import BOUND_LSB, CASES, measure
 
 
@@ -158,11 +159,15 @@ def test_shape_refuses_bad_fields(fields, message):
 
 
 @pytest.mark.parametrize("shape,message", [
-    (AttentionShape(2048, 2048, 2, 2, 8), r"^attention seq_q=2048 exceeds the tiny configuration's "
-                                          r"limit of 1024$"),
-    (AttentionShape(4, 4, 32, 32, 8), r"^attention heads=32 exceeds the tiny configuration's limit "),
-    (AttentionShape(4, 4, 4, 4, 64), r"^attention rows of heads=4 x head_dim=64 take 32 words of 8 "
-                                     r"int8, more than the 16 the tiny configuration holds"),
+    (AttentionShape(2048, 2048, 2, 2, 8), r"^attention of 2048 x 2048, 2 heads of 8 does not fit the "
+                                          r"tiny configuration: seq_q=2048 \(1 \.\. max_seq_len=1024\); "
+                                          r"seq_kv=2048 \(1 \.\. max_seq_len=1024\)$"),
+    (AttentionShape(4, 4, 32, 32, 8), r"^attention of 4 x 4, 32 heads of 8 does not fit the tiny "
+                                      r"configuration: kv_heads=32 x rep=1 heads \(1 \.\. "
+                                      r"max_heads=8\)"),
+    (AttentionShape(4, 4, 4, 4, 64), r"^attention of 4 x 4, 4 heads of 64 does not fit the tiny "
+                                     r"configuration: rows of 4 heads x 8 words, more than the 16 "
+                                     r"words of 8 int8 a row holds \(max_d_model=128\)$"),
 ])
 def test_check_fits_names_the_limit(shape, message):
     with pytest.raises(ValueError, match=message):

@@ -9,10 +9,12 @@ import torch
 
 from moeaccel import isa
 from moeaccel.config import preset
-from moeaccel.host.emulator import SCHEDULES, Emulator, buffer_bytes
+from moeaccel.formats.buffers import act_row_bytes, buffer_bytes
+from moeaccel.formats.instructions import bodies
+from moeaccel.host.emulator import SCHEDULES, Emulator
 from moeaccel.isa import Buffer, ErrorCode, Opcode, Program
-from moeaccel.sw.attention import (AttentionShape, as_words, attention_cycles, attention_fixed,
-                                   random_inputs)
+from moeaccel.cycles import attention_cycles
+from moeaccel.sw.attention import AttentionShape, as_words, attention_fixed, random_inputs
 
 CONFIG = preset("tiny")
 WORD = CONFIG.axi_data_bytes
@@ -27,14 +29,14 @@ def image(*tensors) -> bytes:
     return b"".join(padded(t).to(torch.int8).numpy().tobytes() for t in tensors)
 
 
-def attention_program(config, shape, params, base=0, finish=True):
+def attention_program(config, shape, params, base=0, finish=True, checked=True):
     word = config.axi_data_bytes
     dim = shape.head_words(word) * word
     q = base
     k = q + shape.seq_q * shape.heads * dim
     v = k + shape.seq_kv * shape.kv_heads * dim
     o = v + shape.seq_kv * shape.kv_heads * dim
-    program = Program(config).attention(shape, params, q=q, k=k, v=v, o=o)
+    program = Program(config, checked=checked).attention(shape, params, q=q, k=k, v=v, o=o)
     return (program.finish() if finish else program), o
 
 
@@ -105,7 +107,7 @@ def test_every_schedule_gives_the_same_memory():
 ])
 def test_failures_report_their_error_code(build, code):
     emulator = Emulator(CONFIG, 1 << 12, watchdog_cycles=400)
-    result = emulator.run(build(Program(CONFIG)).encode())
+    result = emulator.run(build(Program(CONFIG, checked=False)).encode())
     assert result.status is code, result
     assert len(emulator.dram) == 1 << 12
 
@@ -118,11 +120,17 @@ def test_an_illegal_opcode_is_reported():
 
 
 def test_an_attention_call_the_unit_cannot_hold_is_refused():
+    """By the emulator as the hardware refuses it (BAD_FIELD), and by the Program builder before
+    anything runs: both with the unit's own reason (`formats.attention.check`)."""
     shape = AttentionShape(4, 4, 4, 4, 64)             # 32 words a row; tiny holds 16
     q, k, v, params = random_inputs(AttentionShape(4, 4, 2, 2, 8), "random")
-    program, _ = attention_program(CONFIG, shape, params)
+    program, _ = attention_program(CONFIG, shape, params, checked=False)
     result = Emulator(CONFIG, 1 << 16).run(program.encode())
     assert result.status is ErrorCode.BAD_FIELD and "more than the 16" in result.message
+    with pytest.raises(isa.ProgramError, match=r"^instruction 0 \(ATTENTION\): the tiny "
+                                               r"configuration refuses rows of 4 heads x 8 words, "
+                                               r"more than the 16 words"):
+        attention_program(CONFIG, shape, params)
 
 
 def random_fields(rng: random.Random, layout, window: int) -> dict:
@@ -168,7 +176,7 @@ def random_instruction(rng: random.Random, window: int) -> isa.Instruction:
             "q": rng.randrange(window), "k": rng.randrange(window), "v": rng.randrange(window),
             "o": rng.randrange(window + 64)}
     elif opcode in (Opcode.LINEAR, Opcode.ROUTE, Opcode.EXPERT_LOOP, Opcode.VECTOR):
-        fields = random_fields(rng, isa._bodies(CONFIG)[opcode], window)
+        fields = random_fields(rng, bodies(CONFIG)[opcode], window)
     else:
         fields = {}
     return isa.Instruction(opcode, fields, **tokens)
@@ -222,16 +230,16 @@ def test_route_cycles_reproduce_the_router_benchmark():
     """pynq-z2, 256 tokens, E = 64, k = 8, softmax_topk: 47 680 cycles with the logits streamed in
     and 165 696 with the router's GEMM over d_model 256, as `moeaccel bench router` measured
     (docs/router.md)."""
-    from moeaccel.host.emulator import instruction_cycles
-    from moeaccel.hw.layouts import RouterMode
+    from moeaccel.cycles import instruction_cycles
+    from moeaccel.formats.router import RouterMode
     config = preset("pynq-z2")
     base = dict(tokens=256, experts=64, k=8, mode=RouterMode.SOFTMAX_TOPK, groups=1,
                 group_size=0, topk_groups=1, compute=0, chunks=0)
-    streamed = isa.Instruction(Opcode.ROUTE, {"command": base})
-    gemm = isa.Instruction(Opcode.ROUTE, {"command": dict(base, compute=1,
-                                                          chunks=256 // config.router_lanes)})
-    assert instruction_cycles(config, streamed) == 47_680
-    assert instruction_cycles(config, gemm) == 165_696
+    streamed = {"command": base, "row_words": 0, "logits": 0}
+    gemm = {"command": dict(base, compute=1, chunks=256 // config.router_lanes),
+            "row_words": 256 // config.act_word_bytes, "logits": 0}
+    assert instruction_cycles(config, Opcode.ROUTE, streamed) == 47_680
+    assert instruction_cycles(config, Opcode.ROUTE, gemm) == 165_696
 
 
 @pytest.mark.parametrize("tokens, sparsity, measured", [
@@ -240,18 +248,18 @@ def test_linear_cycles_reproduce_the_expert_ffn_benchmark(tokens, sparsity, meas
     """A SwiGLU expert (d_model 256, d_ff 512) as two LINEAR instructions takes the cycles
     `moeaccel bench expert-ffn --tokens T --d-model 256 --d-ff 512 [--sparsity 2:4]` measured in RTL
     simulation on pynq-z2."""
-    from moeaccel.host.emulator import instruction_cycles
-    from moeaccel.sw.ffn import plan_pass
+    from moeaccel.cycles import instruction_cycles
+    from moeaccel.compiler.plan import plan_pass
     config = preset("pynq-z2")
     first = plan_pass(config, tokens, 256, 512, sparsity, swiglu=True, activation=True,
                       to_buffer=True)
-    down = plan_pass(config, tokens, 512, 256, sparsity, src=1)
+    down = plan_pass(config, tokens, 512, 256, sparsity, src=1, to_buffer=True)
     program = Program(config).linear(first.command()).linear(down.command())
-    assert sum(instruction_cycles(config, ins) for ins in program) == measured
+    assert sum(instruction_cycles(config, ins.opcode, ins.fields) for ins in program) == measured
 
 
 def test_expert_loop_cycles_skip_empty_experts_and_prefetch_hides_loads():
-    from moeaccel.host.emulator import expert_loop_cycles
+    from moeaccel.cycles import expert_loop_cycles
     config = preset("pynq-z2")
     fields = dict(experts=8, table=0, d_model=256, d_ff=512, pattern=0, swiglu=1, prefetch=0)
     one = expert_loop_cycles(config, fields, [0, 0, 0, 32, 0, 0, 0, 0])
@@ -267,17 +275,17 @@ def test_expert_loop_cycles_skip_empty_experts_and_prefetch_hides_loads():
 def test_preloaded_weights_give_the_streamed_result():
     """A pass whose weights the load queue put in WEIGHT (while the pass before computed, with
     tokens) gives the bytes of the same pass streaming them from DRAM, in fewer cycles."""
-    from moeaccel.sw.ffn import pass_operands, plan_pass
+    from moeaccel.compiler.plan import pass_operands, plan_pass
     from moeaccel.sw.quantized import QuantizedLinear
-    from moeaccel.host.layer import params_bytes
+    from moeaccel.compiler.emit import params_bytes
     torch.manual_seed(0)
     layer = QuantizedLinear.from_float(torch.randn(40, 24), torch.randn(40) * 0.1, 0.02, 0.05)
     step = plan_pass(CONFIG, 6, 24, 40, "dense", to_buffer=True)
     operands = pass_operands(step, layer)
     weights, params = operands.blocks.data, params_bytes(operands)
     x_q = torch.randint(-128, 128, (6, 24))
-    row = isa.act_row_bytes(CONFIG, 24)
-    out_row = isa.act_row_bytes(CONFIG, 40)
+    row = act_row_bytes(CONFIG, 24)
+    out_row = act_row_bytes(CONFIG, 40)
     layout = {"x": 0, "w": 1024, "p": 1024 + len(weights), "y": 4096}
 
     def run(preloaded: bool):
@@ -312,9 +320,9 @@ def test_the_next_experts_weights_load_while_this_one_computes():
     """Double buffering written with tokens: the load queue fills WEIGHT's second bank with the next
     pass's packed words while the compute queue runs the pass whose words are in the first. Same
     bytes under every schedule; in parallel the load hides behind the compute."""
-    from moeaccel.sw.ffn import pass_operands, plan_pass
+    from moeaccel.compiler.plan import pass_operands, plan_pass
     from moeaccel.sw.quantized import QuantizedLinear
-    from moeaccel.host.layer import params_bytes
+    from moeaccel.compiler.emit import params_bytes
     torch.manual_seed(1)
     first = QuantizedLinear.from_float(torch.randn(32, 64), None, 0.02, 0.05)
     second = QuantizedLinear(first.weight[:, torch.randperm(64)], first.bias, first.multiplier,
@@ -326,7 +334,7 @@ def test_the_next_experts_weights_load_while_this_one_computes():
     bank = CONFIG.weight_buffer_bytes
     w0, w1, p, y0, y1 = 4096, 4096 + len(words[0]), 12288, 16384, 20480
     program = (Program(CONFIG)
-               .load(Buffer.ACT0, dram=0, rows=24, row_bytes=64, sram_stride=isa.act_row_bytes(
+               .load(Buffer.ACT0, dram=0, rows=24, row_bytes=64, sram_stride=act_row_bytes(
                    CONFIG, 64))
                .load(Buffer.PARAMS, dram=p, row_bytes=len(params))
                .load(Buffer.WEIGHT, dram=w0, row_bytes=len(words[0]), push_next=True)

@@ -1,4 +1,4 @@
-"""`hw.ffn_engine.ffn_pass_cycles`, the cycle formula of one Expert-FFN pass, against the engine's
+"""`moeaccel.cycles.ffn_pass_cycles`, the cycle formula of one Expert-FFN pass, against the engine's
 ``busy_cycles`` counter: pass by pass (weight passes, SwiGLU, accumulate, drain) in RTL simulation,
 and the measured benchmark figures."""
 
@@ -7,8 +7,8 @@ import json
 import pytest
 
 from moeaccel.config import preset
-from moeaccel.hw.ffn_engine import ffn_pass_cycles
-from moeaccel.sw.ffn import plan_pass
+from moeaccel.compiler.plan import plan_pass
+from moeaccel.cycles import ffn_pass_cycles
 
 
 def _expert_commands(config, tokens, d_model, d_ff, pattern, activation):

@@ -79,38 +79,6 @@ def test_ffn_engine_pynq_z2_mixed_patterns():
     ])
 
 
-@pytest.mark.parametrize("shape, message", [
-    (dict(tokens=65, inputs=8, outputs=8), r"^tokens=65 exceeds max_tokens=64 of the tiny "
-                                            r"configuration$"),
-    (dict(tokens=1, inputs=257, outputs=8), r"^inputs=257 exceeds the widest projection input of "
-                                             r"the tiny configuration \(256, max_d_model/max_d_ff\)$"),
-    (dict(tokens=1, inputs=8, outputs=600), r"^outputs=600 needs 150 tiles, more than the 128 of "
-                                             r"the tiny configuration$"),
-    (dict(tokens=64, inputs=256, outputs=8, src=0), None),
-    (dict(tokens=64, inputs=8, outputs=512, swiglu=True, to_buffer=True),
-     r"^outputs=512 needs 256 tiles"),
-    (dict(tokens=1, inputs=8, outputs=8, pattern="3:8"), r"^sparsity pattern must be|^sparsity 3:8"),
-    (dict(tokens=0, inputs=8, outputs=8), r"^tokens must be a positive integer, not 0$"),
-])
-def test_plan_refuses_what_the_configuration_cannot_hold(shape, message):
-    from moeaccel.sw.ffn import ShapeError, plan_pass
-    from moeaccel.config import ConfigError
-    if message is None:
-        assert plan_pass(preset("tiny"), **shape).src_row_words == 8
-        return
-    with pytest.raises((ShapeError, ConfigError), match=message):
-        plan_pass(preset("tiny"), **shape)
-
-
-def test_plan_refuses_tokens_beyond_the_activation_buffer():
-    from moeaccel.sw.ffn import ShapeError, plan_pass
-    config = preset("tiny").replace(act_buffer_bytes=4096)
-    with pytest.raises(ShapeError, match=r"^64 tokens of 256 inputs do not fit the activation "
-                                         r"buffer of the tiny configuration \(4096 bytes\): at most "
-                                         r"16 tokens a pass$"):
-        plan_pass(config, 64, 256, 8)
-
-
 @pytest.mark.sim
 def test_bench_reports_cycles_against_the_ideal(capsys):
     import json

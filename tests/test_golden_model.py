@@ -9,7 +9,8 @@ import torch
 from moeaccel.sw import numerics as nx
 from moeaccel.sw.accuracy import SPECS, measure_cases
 from moeaccel.sw.models import TINY_MODELS, build_model, export_onnx
-from moeaccel.sw.quantized import QuantizedMoE, dispatch_table
+from moeaccel.sw.quantized import QuantizedMoE
+from moeaccel.sw.router import dispatch_table
 from moeaccel.sw.reference import MoELayer, MoESpec, route_float
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from moeaccel import isa
 from moeaccel.config import preset
+from moeaccel.formats.instructions import bodies
 
 CONFIGS = ["tiny", "pynq-z2", "zcu104"]
 
@@ -32,10 +33,10 @@ def field_values(layout):
 
 
 def instructions(config):
-    bodies = isa._bodies(config)
+    layouts = bodies(config)
 
     def one(opcode):
-        body = field_values(bodies[opcode]) if opcode in bodies else st.just({})
+        body = field_values(layouts[opcode]) if opcode in layouts else st.just({})
         return st.builds(isa.Instruction, st.just(opcode), body, st.booleans(), st.booleans(),
                          st.booleans(), st.booleans())
     return st.sampled_from(list(isa.Opcode)).flatmap(one)
@@ -64,7 +65,7 @@ def test_disassembler_prints_every_field_by_name(name):
     def check(instruction):
         (line,) = isa.disassemble(config, isa.encode(config, [instruction]))
         assert instruction.opcode.name in line
-        body = isa._bodies(config).get(instruction.opcode)
+        body = bodies(config).get(instruction.opcode)
         for field, _, _, _ in isa._layout_rows(body) if body is not None else []:
             leaf = field.split(".")[-1]
             assert re.search(rf"\b{leaf}=", line), (field, line)

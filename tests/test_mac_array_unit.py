@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from moeaccel.config import preset
+from moeaccel.formats.expert_ffn import chunk_inputs
 from moeaccel.hw.layouts import mac_in
 from moeaccel.hw.mac_array import MacArray
 from moeaccel.sw import sparsity as sp
@@ -24,7 +25,7 @@ def test_mac_array_rows_match_sparse_matmul(pattern_index):
                       pattern)
     x = torch.randint(-128, 128, (tokens, inputs), generator=generator)
     blocks = sp.pack(weight, pattern, config)
-    per_chunk = sp.chunk_inputs(config, pattern)
+    per_chunk = chunk_inputs(config, pattern)
     layout = mac_in(config, tag_bits=4)
     words = []
     for t in range(tokens):

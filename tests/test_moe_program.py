@@ -1,4 +1,4 @@
-"""Whole MoE layers as programs (`host.layer.moe_layer_program`) on the emulator, bit for bit against
+"""Whole MoE layers as programs (`compiler.emit.moe_layer_program`) on the emulator, bit for bit against
 `sw.quantized.QuantizedMoE`: every bundled router variant (Mixtral, Qwen2-MoE with its gated shared
 expert, Switch, DeepSeek-V3 with groups and an ungated shared expert, OLMoE with GELU), dense and
 2:4, under every schedule the dependency tokens allow; and the directed routings: one expert takes
@@ -10,7 +10,7 @@ import torch
 from moeaccel import isa
 from moeaccel.config import SparsityPattern, preset
 from moeaccel.host.emulator import SCHEDULES, Emulator
-from moeaccel.host.layer import moe_layer_program
+from moeaccel.compiler.emit import moe_layer_program
 from moeaccel.isa import ErrorCode, Opcode
 from moeaccel.sw import numerics as nx
 from moeaccel.sw.models import TINY_MODELS, build_model

@@ -1,4 +1,4 @@
-"""Fast check of the router in Amaranth's simulator against sw.quantized.QuantizedRouter.route."""
+"""Fast check of the router in Amaranth's simulator against sw.router.QuantizedRouter.route."""
 
 import random
 
@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 from moeaccel.config import preset
 from moeaccel.hw.layouts import RouterMode, bias_write, router_command
 from moeaccel.hw.router import Router
-from moeaccel.sw.quantized import QuantizedRouter, dispatch_table
+from moeaccel.sw.router import QuantizedRouter, dispatch_table
 from moeaccel.sw.reference import MoESpec
 
 

@@ -2,14 +2,19 @@
 its stated bound in output LSBs, and the VECTOR instruction on the emulator reading its operands
 in the formats `moeaccel.isa` defines."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from moeaccel import isa
 from moeaccel.config import preset
+from moeaccel.formats import records
+from moeaccel.formats.buffers import act_row_bytes, out_row_bytes
+from moeaccel.formats.router import TOKEN_GATE
 from moeaccel.host.emulator import Emulator
-from moeaccel.isa import Buffer, ErrorCode, Program, VectorOp
+from moeaccel.isa import Buffer, ErrorCode, Program, ProgramError, VectorOp
 from moeaccel.sw import numerics as nx
 from moeaccel.sw import vector as sv
 from moeaccel.sw.quantized import quantize_tensor
@@ -83,7 +88,7 @@ def test_rsqrt_is_close_for_every_magnitude():
 
 def _emulate(op, a, params=b"", b=None, **fields):
     rows, width = a.shape
-    stride = isa.act_row_bytes(CONFIG, width)
+    stride = act_row_bytes(CONFIG, width)
     emulator = Emulator(CONFIG, 1 << 16)
     emulator.dram[4096:4096 + len(params)] = params
     for buffer, values in ((Buffer.ACT0, a), (Buffer.ACT1, b)):
@@ -131,22 +136,22 @@ def test_vector_instructions_read_their_operands_in_the_isa_formats():
     emulator, result, _ = _emulate(VectorOp.GATE, a, gate_weight.to(torch.int8).numpy().tobytes(),
                                    dst=Buffer.GATES, multiplier=30000, shift=20)
     entries = np.frombuffer(bytes(emulator.buffers[Buffer.GATES]),
-                            dtype=isa.as_dtype(isa.GATES_ENTRY), count=5)
-    assert result.ok and list(entries["row"]) == list(range(5))
+                            dtype=records.dtype(TOKEN_GATE.dram), count=5)
+    assert result.ok and list(entries["token"]) == list(range(5))
     assert list(entries["gate"]) == sv.sigmoid_gate(a, gate_weight, 30000, 20).tolist()
 
 
 def test_requant_reads_the_output_accumulator():
     acc = torch.randint(-(1 << 20), 1 << 20, (3, 12))
     emulator = Emulator(CONFIG, 4096)
-    stride = isa.out_row_bytes(CONFIG, 12)
+    stride = out_row_bytes(CONFIG, 12)
     for r in range(3):
         emulator.buffers[Buffer.OUT][r * stride:r * stride + 48] = \
             acc[r].numpy().astype("<i4").tobytes()
     program = Program(CONFIG).vector(VectorOp.REQUANT, rows=3, width=12, a=Buffer.OUT,
                                      dst=Buffer.ACT1, multiplier=19000, shift=27).finish()
     assert emulator.run(program.encode()).ok
-    got = _act(emulator, Buffer.ACT1, 3, 12, isa.act_row_bytes(CONFIG, 12))
+    got = _act(emulator, Buffer.ACT1, 3, 12, act_row_bytes(CONFIG, 12))
     assert torch.equal(got, nx.requantize(acc, 19000, 27))
 
 
@@ -154,10 +159,13 @@ def test_requant_reads_the_output_accumulator():
     (VectorOp.REQUANT, dict(a=Buffer.ACT0, dst=Buffer.ACT1), "reads a from OUT"),
     (VectorOp.GATE, dict(a=Buffer.ACT0, dst=Buffer.ACT1), "writes GATES"),
     (VectorOp.ROPE, dict(a=Buffer.ACT0, dst=Buffer.ACT1, head_dim=5), "even head_dim"),
-    (VectorOp.ADD, dict(a=Buffer.ACT0, dst=Buffer.ACT1, width=0), "at least 1"),
+    (VectorOp.ADD, dict(a=Buffer.ACT0, dst=Buffer.ACT1, width=0), "width=0 (1 .. 256)"),
 ])
 def test_bad_vector_fields_are_refused(op, fields, message):
+    """By the emulator (BAD_FIELD) and by the Program builder, with the same reason."""
     fields = {"rows": 2, "width": 16, **fields}
-    program = Program(CONFIG).vector(op, **fields).finish()
+    program = Program(CONFIG, checked=False).vector(op, **fields).finish()
     result = Emulator(CONFIG, 4096).run(program.encode())
     assert result.status is ErrorCode.BAD_FIELD and message in result.message
+    with pytest.raises(ProgramError, match=re.escape(message)):
+        Program(CONFIG).vector(op, **fields)

@@ -18,7 +18,8 @@ from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, with_timeout
 
 from ...config import preset
 from ...hw.attention import ATTENTION_COUNTERS, command_fields, sequencer_command
-from ...sw.attention import as_words, attention_cycles, attention_fixed, random_inputs
+from ...cycles import attention_cycles
+from ...sw.attention import as_words, attention_fixed, random_inputs
 from ..attention_testbed import testbed_words
 from ..harness import check_cases, reset, tb_params
 from .attention import case_shape, describe

@@ -23,8 +23,9 @@ from ...config import SparsityPattern, preset
 from ...hw.ffn_engine import PERF_COUNTERS
 from ...hw.layouts import (TABLE_WRITE, act_write, ffn_command, ffn_out, gates_write,
                            params_write, pattern_bits)
-from ...sw.ffn import expert_passes, moe_program, pass_operands, plan_pass, swiglu_reference
-from ...sw.quantized import QuantizedExpert, QuantizedLinear, QuantizedMoE, quantize_tensor
+from ...compiler.plan import engine_work, expert_operands, pass_operands, plan_pass
+from ...sw.quantized import (QuantizedExpert, QuantizedLinear, QuantizedMoE, quantize_tensor,
+                             swiglu_hidden)
 from ...sw.models import build_model
 from ...sw.reference import Expert, MoELayer, MoESpec
 from ...sw.sparsity import prune
@@ -170,7 +171,7 @@ async def run_moe_case(tb: FFNTB, case: dict, rng: random.Random) -> dict:
     generator = torch.Generator().manual_seed(case["seed"] + 1)
     quantized = QuantizedMoE.from_float(layer, torch.randn(256, spec.d_model, generator=generator))
     x_q = quantized.quantize_input(torch.randn(case["tokens"], spec.d_model, generator=generator))
-    program = moe_program(config, quantized, x_q, pattern)
+    program = engine_work(config, quantized, x_q, pattern)
     tb.idle = case["weight_idle"]
     counters = {name: 0 for name in PERF_FIELDS}
     macs = weight_bytes = 0
@@ -218,9 +219,9 @@ async def run_case(tb: FFNTB, case: dict, rng: random.Random) -> dict:
                          activation=True)
         requant = (int(quantized.hidden_multiplier), int(quantized.hidden_shift))
         passes = [pass_operands(step, quantized.gate, quantized.up, requant)]
-        expected = swiglu_reference(quantized.gate, quantized.up, *requant, x_q)
+        expected = swiglu_hidden(quantized.gate, quantized.up, *requant, x_q)
     else:
-        passes, expected = expert_passes(config, quantized, tokens, pattern), quantized(x_q)
+        passes, expected = expert_operands(config, quantized, tokens, pattern), quantized(x_q)
     await tb.load_activations(0, x_q, passes[0].step.src_row_words)
     counters = {name: 0 for name in PERF_FIELDS}
     per_pass = []

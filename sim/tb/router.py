@@ -1,4 +1,4 @@
-"""cocotb regression of `hw.router.Router` against `sw.quantized.QuantizedRouter.route`.
+"""cocotb regression of `hw.router.Router` against `sw.router.QuantizedRouter.route`.
 
 Each case streams its tokens' int16 logits (with random idles on every input stream), then reads the
 whole dispatch table back (counts, then each queue) and compares it with the golden model's, entry
@@ -22,7 +22,8 @@ from ...config import preset
 from ...hw.layouts import (RouterMode, bias_write, dispatch_entry, router_command, router_logit,
                            router_token, router_weight_write)
 from ...sw import numerics as nx
-from ...sw.quantized import QuantizedLinear, QuantizedRouter, dispatch_overflow, dispatch_table
+from ...sw.quantized import QuantizedLinear
+from ...sw.router import QuantizedRouter, dispatch_overflow, dispatch_table
 from ...sw.reference import MoESpec
 from ..harness import StallGenerator, check_cases, reset, start_clock, tb_params
 from .streams import StreamSource

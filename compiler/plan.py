@@ -1,9 +1,12 @@
-"""Programming the Expert-FFN engine: planning a pass (and refusing what a configuration cannot hold),
-laying out its operands, and the integer result it must produce.
+"""The compiler's pass planning: how a projection runs on the Expert-FFN engine. A projection
+``[T, D] x [F, D]^T`` is one engine pass; a SwiGLU expert is two: gate and up together (each tile holds
+``mac_rows/2`` gate channels then the same up channels) into the other activation buffer, then the
+down projection from there.
 
-A projection ``[T, D] x [F, D]^T`` is one pass; a SwiGLU expert is two: gate and up together (each
-tile holds ``mac_rows/2`` gate channels then the same up channels) into the other activation buffer,
-then the down projection from there.
+`plan_pass` plans a pass and refuses, with the engine's own reasons (`formats.expert_ffn.check`) and
+the largest token count that would fit, what a configuration cannot hold; `pass_operands` lays out
+what a pass needs loaded (packed weights, per-tile parameters, the activation table); `engine_work`
+is a whole MoE layer as engine passes, the reference the engine's regression drives.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from dataclasses import dataclass
 import torch
 
 from ..config import AccelConfig, SparsityPattern
-from . import numerics as nx
-from .quantized import QuantizedExpert, QuantizedLinear
-from .sparsity import WeightBlocks, chunk_inputs, pack
+from ..formats import expert_ffn
+from ..sw.quantized import QuantizedExpert, QuantizedLinear
+from ..sw.router import dispatch_table
+from ..sw.sparsity import WeightBlocks, pack
 
-__all__ = ["ShapeError", "FFNPass", "plan_pass", "fuse_swiglu", "PassOperands", "pass_operands",
-           "expert_passes", "ExpertJob", "MoEProgram", "moe_program", "swiglu_reference"]
+__all__ = ["ShapeError", "FFNPass", "plan_pass", "max_pass_tokens", "fuse_swiglu",
+           "PassOperands", "pass_operands", "expert_operands", "ExpertJob", "EngineWork",
+           "engine_work"]
 
 
 class ShapeError(ValueError):
@@ -48,19 +53,19 @@ class FFNPass:
 
     @property
     def tiles(self) -> int:
-        return -(-self.outputs // self.per_tile)
+        return self.command()["tiles"]
 
     @property
     def chunks(self) -> int:
-        return -(-self.inputs // chunk_inputs(self.config, self.pattern))
+        return self.command()["chunks"]
 
     @property
     def src_row_words(self) -> int:
-        return -(-self.inputs // self.config.act_word_bytes)
+        return self.command()["src_row_words"]
 
     @property
     def dst_row_words(self) -> int:
-        return -(-self.tiles * self.per_tile // self.config.act_word_bytes)
+        return self.command()["dst_row_words"]
 
     @property
     def macs(self) -> int:
@@ -71,52 +76,53 @@ class FFNPass:
         return self.tokens * rows * self.inputs * self.pattern.n // self.pattern.m
 
     def command(self, swiglu_multiplier: int = 0, swiglu_shift: int = 0) -> dict:
-        """The `layouts.ffn_command` fields of this pass."""
-        return {
-            "tokens": self.tokens, "tiles": self.tiles, "chunks": self.chunks,
-            "pattern": self.config.patterns.index(self.pattern), "src": self.src,
-            "src_row_words": self.src_row_words, "to_buffer": int(self.to_buffer),
-            "dst_row_words": self.dst_row_words, "activation": int(self.activation),
-            "swiglu": int(self.swiglu), "swiglu_multiplier": swiglu_multiplier,
-            "swiglu_shift": swiglu_shift, "accumulate": int(self.accumulate),
-            "drain": int(self.drain),
-        }
+        """The `formats.expert_ffn.ffn_command` fields of this pass."""
+        return expert_ffn.pass_command(
+            self.config, self.tokens, self.inputs, self.outputs, self.pattern, swiglu=self.swiglu,
+            activation=self.activation, src=self.src, to_buffer=self.to_buffer,
+            accumulate=self.accumulate, drain=self.drain, swiglu_multiplier=swiglu_multiplier,
+            swiglu_shift=swiglu_shift)
 
 
 def plan_pass(config: AccelConfig, tokens: int, inputs: int, outputs: int,
               pattern: SparsityPattern | str = "dense", **options) -> FFNPass:
-    """A pass of ``tokens x inputs -> outputs``, or a `ShapeError` naming what does not fit."""
+    """A pass of ``tokens x inputs -> outputs``, or a `ShapeError` giving the engine's reasons
+    (`formats.expert_ffn.check`) and, when fewer tokens would fit, how many."""
     if isinstance(pattern, str):
         pattern = SparsityPattern.parse(pattern)
-    where = f"the {config.name} configuration"
     if not config.supports(pattern):
-        raise ShapeError(f"sparsity {pattern} is not built into {where} (it has "
-                         f"{', '.join(str(p) for p in config.patterns)})")
+        raise ShapeError(f"sparsity {pattern} is not built into the {config.name} configuration "
+                         f"(it has {', '.join(str(p) for p in config.patterns)})")
     for name, value in (("tokens", tokens), ("inputs", inputs), ("outputs", outputs)):
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ShapeError(f"{name} must be a positive integer, not {value!r}")
-    if tokens > config.max_tokens:
-        raise ShapeError(f"tokens={tokens} exceeds max_tokens={config.max_tokens} of {where}")
-    if inputs > config.max_inputs:
-        raise ShapeError(f"inputs={inputs} exceeds the widest projection input of {where} "
-                         f"({config.max_inputs}, max_d_model/max_d_ff)")
     step = FFNPass(config, tokens, inputs, outputs, pattern, **options)
-    if step.tiles > config.max_tiles:
-        raise ShapeError(f"outputs={outputs} needs {step.tiles} tiles, more than the "
-                         f"{config.max_tiles} of {where}")
-    if tokens * step.src_row_words > config.act_buffer_words:
-        fit = config.act_buffer_words // step.src_row_words
-        raise ShapeError(f"{tokens} tokens of {inputs} inputs do not fit the activation buffer of "
-                         f"{where} ({config.act_buffer_bytes} bytes): at most {fit} tokens a pass")
-    if step.drain and tokens * step.tiles > config.out_buffer_words:
-        fit = config.out_buffer_words // step.tiles
-        raise ShapeError(f"{tokens} output rows of {outputs} do not fit the output accumulator of "
-                         f"{where} ({config.out_buffer_bytes} bytes): at most {fit} rows")
-    if step.to_buffer and tokens * step.dst_row_words > config.act_buffer_words:
-        fit = config.act_buffer_words // step.dst_row_words
-        raise ShapeError(f"{tokens} tokens of {outputs} outputs do not fit the activation buffer of "
-                         f"{where} ({config.act_buffer_bytes} bytes): at most {fit} tokens a pass")
+    reasons = expert_ffn.check(config, step.command())
+    if reasons:
+        fit = max_pass_tokens(config, inputs, outputs, pattern, **options)
+        hint = f"; at most {fit} tokens a pass" if 0 < fit < tokens else ""
+        raise ShapeError(f"a pass of {tokens} tokens x {inputs} inputs -> {outputs} outputs "
+                         f"({pattern}) does not fit the {config.name} configuration: "
+                         + "; ".join(reasons) + hint)
     return step
+
+
+def max_pass_tokens(config: AccelConfig, inputs: int, outputs: int,
+                    pattern: SparsityPattern, **options) -> int:
+    """The most tokens a pass of ``inputs -> outputs`` can take (0: none): the engine's rules only
+    tighten as the tokens grow, so the largest legal count is found by bisection."""
+    def fits(tokens: int) -> bool:
+        step = FFNPass(config, tokens, inputs, outputs, pattern, **options)
+        return not expert_ffn.check(config, step.command())
+
+    low, high = 0, config.max_tokens
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def fuse_swiglu(gate: torch.Tensor, up: torch.Tensor, rows: int) -> torch.Tensor:
@@ -173,8 +179,8 @@ def pass_operands(step: FFNPass, layer: QuantizedLinear,
                         layer.table if step.activation else None, *swiglu_requant)
 
 
-def expert_passes(config: AccelConfig, expert: QuantizedExpert, tokens: int,
-                  pattern: SparsityPattern, accumulate: bool = False) -> list[PassOperands]:
+def expert_operands(config: AccelConfig, expert: QuantizedExpert, tokens: int,
+                    pattern: SparsityPattern, accumulate: bool = False) -> list[PassOperands]:
     """A SwiGLU expert as two passes (gate/up into activation buffer 1, then down), or a GELU/ReLU
     expert as two plain passes. The down pass streams its rows out, or with `accumulate` adds them,
     gate-weighted, into the output accumulator. The expert's weights must already be pruned to
@@ -204,31 +210,29 @@ class ExpertJob:
 
 
 @dataclass
-class MoEProgram:
-    """An MoE layer (routing given) as engine work: expert jobs, then the drain that requantises the
-    accumulated rows into the layer's int8 output."""
+class EngineWork:
+    """An MoE layer (routing given) as engine passes: expert jobs, then the drain that requantises
+    the accumulated rows into the layer's int8 output."""
 
     jobs: list[ExpertJob]
     drain: PassOperands
 
 
-def moe_program(config: AccelConfig, layer, x_q: torch.Tensor, pattern: SparsityPattern,
-                routing=None) -> MoEProgram:
-    """The engine work of `QuantizedMoE` `layer` on tokens `x_q`: each routed expert that has tokens
-    (empty experts cost nothing), then the shared expert, then the drain."""
-    from .quantized import dispatch_table
-
+def engine_work(config: AccelConfig, layer, x_q: torch.Tensor, pattern: SparsityPattern,
+                routing=None) -> EngineWork:
+    """The engine passes of `QuantizedMoE` `layer` on tokens `x_q`: each routed expert that has
+    tokens (empty experts cost nothing), then the shared expert, then the drain."""
     tokens, d_model = x_q.shape
     routing = layer.router(x_q) if routing is None else routing
     jobs = []
     for expert_id, (rows, gates) in enumerate(dispatch_table(routing, layer.spec.n_experts)):
         if rows.numel():
-            jobs.append(ExpertJob(expert_id, rows, gates, expert_passes(
+            jobs.append(ExpertJob(expert_id, rows, gates, expert_operands(
                 config, layer.experts[expert_id], rows.numel(), pattern, accumulate=True)))
     if layer.shared is not None:
         jobs.append(ExpertJob("shared", torch.arange(tokens), layer.shared_gate_q15(x_q),
-                              expert_passes(config, layer.shared, tokens, pattern,
-                                            accumulate=True)))
+                              expert_operands(config, layer.shared, tokens, pattern,
+                                              accumulate=True)))
     step = plan_pass(config, tokens, 1, d_model, "dense", drain=True)
     channels = step.tiles * config.mac_rows
     drain = PassOperands(step, pack(torch.zeros(1, 1, dtype=torch.int64), step.pattern, config),
@@ -237,10 +241,4 @@ def moe_program(config: AccelConfig, layer, x_q: torch.Tensor, pattern: Sparsity
                                       layer.combine_shift.expand(channels), step.tiles,
                                       config.mac_rows),
                          None, 0, 0)
-    return MoEProgram(jobs, drain)
-
-
-def swiglu_reference(gate: QuantizedLinear, up: QuantizedLinear, multiplier: int, shift: int,
-                     x_q: torch.Tensor) -> torch.Tensor:
-    """The hidden values of a SwiGLU pass: ``requantise(table(gate(x)) * up(x))``."""
-    return nx.requantize(gate(x_q) * up(x_q), multiplier, shift)
+    return EngineWork(jobs, drain)

@@ -1,11 +1,11 @@
-"""An MoE layer as a program and a DRAM image, written with the assembler (`isa.Program`): the
-router's GEMM and selection, the expert loop over the dispatch table, the shared expert with its
-gate, the gate-weighted accumulation and its requantisation.
+"""The compiler's emission: an MoE layer as a program and a DRAM image, written with the assembler
+(`isa.Program`): the router's GEMM and selection, the expert loop over the dispatch table, the shared
+expert with its gate, the gate-weighted accumulation and its requantisation.
 
-The image holds every operand in the formats of `moeaccel.isa` (packed M:N weight words, PARAMS
-records, expert descriptors, router records); the program is a few tens of instructions whatever the
-number of experts. The load and compute queues hand PARAMS, TABLE and GATES back and forth with
-dependency tokens, so any schedule the tokens allow gives the same bytes.
+The image holds every operand in the formats of `moeaccel.formats` (packed M:N weight words,
+`CHANNEL_PARAMS` records, expert descriptors, router records); the program is a few tens of
+instructions whatever the number of experts. The load and compute queues hand PARAMS, TABLE and GATES
+back and forth with dependency tokens, so any schedule the tokens allow gives the same bytes.
 """
 
 from __future__ import annotations
@@ -15,20 +15,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import isa
 from ..config import AccelConfig, SparsityPattern
-from ..isa import Buffer, Program, VectorOp
-from ..sw import numerics as nx
-from ..sw.ffn import PassOperands, expert_passes, plan_pass
+from ..formats import records
+from ..formats.buffers import Buffer, act_row_bytes
+from ..formats.epilogue import ACTIVATION_TABLE, CHANNEL_PARAMS, IDENTITY_TABLE
+from ..formats.instructions import DESCRIPTOR
+from ..formats.numbers import GATE_ONE
+from ..formats.router import LOGIT, SELECTION_BIAS, TOKEN_GATE, RouterMode, router_record
+from ..formats.vector import VectorOp, gate_weights
+from ..isa import Program
 from ..sw.quantized import QuantizedExpert, QuantizedMoE
+from .plan import PassOperands, expert_operands, plan_pass
 
 __all__ = ["Image", "params_bytes", "MoELayerProgram", "moe_layer_program"]
+
+REGION_ALIGN = 64      # bytes: a region starts on a whole bus beat of every width up to 512 bits
 
 
 class Image:
     """A DRAM image laid out front to back, each region aligned to `align` bytes."""
 
-    def __init__(self, align: int = 64):
+    def __init__(self, align: int = REGION_ALIGN):
         self.align = align
         self.data = bytearray()
         self.regions: dict[str, tuple[int, int]] = {}
@@ -45,36 +52,36 @@ class Image:
 
 
 def params_bytes(operands: PassOperands) -> bytes:
-    """A pass's per-channel parameters as PARAMS records (`isa.PARAMS_ENTRY`)."""
+    """A pass's per-channel parameters as PARAMS records (`CHANNEL_PARAMS`)."""
     flat = [channel for tile in operands.params for channel in tile]
-    records = np.zeros(len(flat), dtype=isa.as_dtype(isa.PARAMS_ENTRY))
+    out = records.zeros(CHANNEL_PARAMS.dram, len(flat))
     for name in ("bias", "multiplier", "shift"):
-        records[name] = [channel[name] for channel in flat]
-    return records.tobytes()
+        out[name] = [channel[name] for channel in flat]
+    return out.tobytes()
 
 
 def _table_bytes(table) -> bytes:
-    identity = torch.arange(-128, 128)
-    values = identity if table is None else torch.as_tensor(table)
-    return values.to(torch.int8).numpy().tobytes()
+    """TABLE's bytes: an activation table, or the identity (no table)."""
+    out = records.zeros(ACTIVATION_TABLE)
+    out[0] = IDENTITY_TABLE if table is None else torch.as_tensor(table).numpy()
+    return out.tobytes()
 
 
 def _router_records(config: AccelConfig, layer: QuantizedMoE) -> bytes:
+    """ROUTER_WEIGHTS' bytes: one `router_record` per expert."""
     logits = layer.router.logits
     experts, d_model = logits.weight.shape
-    record = isa.router_record_bytes(config)
-    out = np.zeros((experts, record), dtype=np.uint8)
-    out[:, :d_model] = logits.weight.to(torch.int8).numpy().view(np.uint8)
-    tail = config.router_chunks * config.router_lanes
-    out[:, tail:tail + 2] = logits.multiplier.numpy().astype("<u2").view(np.uint8).reshape(-1, 2)
-    out[:, tail + 2] = logits.shift.numpy().astype(np.uint8)
+    out = records.zeros(router_record(config), experts)
+    out["weights"][:, :d_model] = logits.weight.numpy()
+    out["requant"]["multiplier"] = logits.multiplier.numpy()
+    out["requant"]["shift"] = logits.shift.numpy()
     return out.tobytes()
 
 
 def _expert_image(image: Image, config: AccelConfig, name: str, expert: QuantizedExpert,
                   pattern: SparsityPattern) -> tuple[dict, list[PassOperands]]:
     """Place one expert's weights, parameters and table; its descriptor's fields and passes."""
-    passes = expert_passes(config, expert, 1, pattern, accumulate=True)
+    passes = expert_operands(config, expert, 1, pattern, accumulate=True)
     first, down = passes
     fields = {
         "first": image.put(f"{name}.first", first.blocks.data),
@@ -121,7 +128,10 @@ class MoELayerProgram:
         raw = x_q.to(torch.int8).numpy().tobytes()
         dram[self.x:self.x + len(raw)] = raw
         if logits is not None:
-            raw = torch.as_tensor(logits).numpy().astype("<i2").tobytes()
+            values = torch.as_tensor(logits).numpy().reshape(-1)
+            given = records.zeros(LOGIT.dram, values.size)
+            given["value"] = values
+            raw = given.tobytes()
             dram[self.logits:self.logits + len(raw)] = raw
 
     def result(self, dram: bytearray) -> torch.Tensor:
@@ -150,51 +160,53 @@ def moe_layer_program(config: AccelConfig, layer: QuantizedMoE, tokens: int,
     if tokens > config.dispatch_capacity:
         raise ValueError(f"{tokens} tokens: an expert's queue holds {config.dispatch_capacity} "
                          f"(expert_capacity); a larger batch is several layer runs")
-    image = Image(align=max(64, config.axi_data_bytes))
-    row = isa.act_row_bytes(config, d_model)
+    image = Image(align=max(REGION_ALIGN, config.axi_data_bytes))
+    row = act_row_bytes(config, d_model)
     row_words = row // config.act_word_bytes
 
-    descriptors = bytearray()
+    descriptors = records.zeros(DESCRIPTOR, experts)
     for index, expert in enumerate(layer.experts):
         fields, _ = _expert_image(image, config, f"expert{index}", expert, pattern)
-        record = np.zeros(1, dtype=isa.as_dtype(isa.DESCRIPTOR))
         for name, value in fields.items():
-            record[name] = value
-        descriptors += record.tobytes()
-    table = image.put("descriptors", bytes(descriptors))
+            descriptors[name][index] = value
+    table = image.put("descriptors", descriptors.tobytes())
     router = image.put("router", _router_records(config, layer))
     bias = None
     if layer.router.score_bias is not None:
-        bias = image.put("router_bias", layer.router.score_bias.numpy().astype("<i4").tobytes())
+        biases = records.zeros(SELECTION_BIAS.dram, experts)
+        biases["bias"] = layer.router.score_bias.numpy()
+        bias = image.put("router_bias", biases.tobytes())
     shared = None
     if layer.shared is not None:
         shared = _expert_image(image, config, "shared", layer.shared, pattern)
         if layer.shared_gate is not None:
             gate = {"weight": layer.shared_gate.weight[0], "multiplier":
                     int(layer.shared_gate.multiplier[0]), "shift": int(layer.shared_gate.shift[0])}
-            gate_weights = image.put("shared_gate", gate["weight"].to(torch.int8).numpy().tobytes())
+            weights = records.zeros(gate_weights(d_model))
+            weights[0] = gate["weight"].numpy()
+            gate_params = image.put("shared_gate", weights.tobytes())
         else:
-            ones = np.zeros(tokens, dtype=isa.as_dtype(isa.GATES_ENTRY))
-            ones["row"], ones["gate"] = np.arange(tokens), nx.GATE_ONE
+            ones = records.zeros(TOKEN_GATE.dram, tokens)
+            ones["token"], ones["gate"] = np.arange(tokens), GATE_ONE
             gate_entries = image.put("shared_gates", ones.tobytes())
-    drain = plan_pass(config, tokens, 1, d_model, "dense", drain=True)
+    drain = plan_pass(config, tokens, 1, d_model, "dense", drain=True, to_buffer=True)
     channels = drain.tiles * config.mac_rows
-    combine = np.zeros(channels, dtype=isa.as_dtype(isa.PARAMS_ENTRY))
+    combine = records.zeros(CHANNEL_PARAMS.dram, channels)
     combine["multiplier"], combine["shift"] = int(layer.combine_multiplier), \
         int(layer.combine_shift)
     combine_params = image.put("combine_params", combine.tobytes())
     x = image.reserve("x", tokens * d_model)
     y = image.reserve("y", tokens * d_model)
-    logits = image.reserve("logits", 2 * tokens * experts) if given_logits else None
+    logits = image.reserve("logits", records.size(LOGIT.dram) * tokens * experts) \
+        if given_logits else None
 
-    from ..hw.layouts import RouterMode
     mode = RouterMode.named(spec.router)
     grouped = spec.router == "sigmoid_bias" and spec.n_groups > 1
     program = Program(config)
     program.load(Buffer.ROUTER_WEIGHTS, dram=router, rows=experts,
-                 row_bytes=isa.router_record_bytes(config))
+                 row_bytes=records.size(router_record(config)))
     if bias is not None:
-        program.load(Buffer.ROUTER_BIAS, dram=bias, row_bytes=4 * experts)
+        program.load(Buffer.ROUTER_BIAS, dram=bias, row_bytes=len(biases.tobytes()))
     program.load(Buffer.ACT0, dram=x, rows=tokens, row_bytes=d_model, sram_stride=row,
                  push_next=True)
     program.route({"tokens": tokens, "experts": experts, "k": spec.k, "mode": mode,
@@ -214,13 +226,15 @@ def moe_layer_program(config: AccelConfig, layer: QuantizedMoE, tokens: int,
             program.load(Buffer.PARAMS, dram=fields["first_params"], row_bytes=len(
                 params_bytes(first)), pop_next=True)
             program.vector(VectorOp.GATE, rows=tokens, width=d_model, a=Buffer.ACT0,
-                           dst=Buffer.GATES, params=gate_weights,
+                           dst=Buffer.GATES, params=gate_params,
                            multiplier=gate["multiplier"], shift=gate["shift"])
         else:
-            program.load(Buffer.GATES, dram=gate_entries, row_bytes=4 * tokens, pop_next=True)
+            program.load(Buffer.GATES, dram=gate_entries, row_bytes=len(ones.tobytes()),
+                         pop_next=True)
             program.load(Buffer.PARAMS, dram=fields["first_params"],
                          row_bytes=len(params_bytes(first)))
-        program.load(Buffer.TABLE, dram=fields["table"], row_bytes=256, push_next=True)
+        program.load(Buffer.TABLE, dram=fields["table"], row_bytes=records.size(ACTIVATION_TABLE),
+                     push_next=True)
         first_step = plan_pass(config, tokens, d_model, spec.shared_d_ff, pattern,
                                swiglu=spec.activation == "swiglu", activation=True,
                                to_buffer=True)
@@ -236,7 +250,7 @@ def moe_layer_program(config: AccelConfig, layer: QuantizedMoE, tokens: int,
                  push_next=True)
     program.linear(drain.command(), pop_prev=True, push_next=True)
     program.store(Buffer.ACT1, dram=y, rows=tokens, row_bytes=d_model,
-                  sram_stride=isa.act_row_bytes(config, channels), pop_prev=True)
+                  sram_stride=act_row_bytes(config, channels), pop_prev=True)
     program.finish()
     return MoELayerProgram(config, program, bytes(image.data), x, y, tokens, d_model,
                            dict(image.regions), logits)

@@ -1,0 +1,57 @@
+"""The on-chip buffers a program addresses: their names (`Buffer`), what each holds and its size in
+bytes (`buffer_bytes`), and the strides of rows in them."""
+
+from __future__ import annotations
+
+from amaranth.lib import enum
+
+from .epilogue import ACTIVATION_TABLE, CHANNEL_PARAMS
+from .router import SELECTION_BIAS, TOKEN_GATE, dispatch_table, router_record
+
+__all__ = ["Buffer", "ACTIVATION_BUFFERS", "buffer_bytes", "act_row_bytes", "out_row_bytes",
+           "OUT_VALUE"]
+
+
+class Buffer(enum.Enum, shape=4):
+    """On-chip buffers a LOAD fills or a STORE drains."""
+    ACT0 = 0                  # activation buffer 0 (int8 rows)
+    ACT1 = 1                  # activation buffer 1 (int8 rows: hidden values, gathered tokens)
+    WEIGHT = 2                # the weight banks: packed M:N words (`sw.sparsity.pack`) a LINEAR reads
+    PARAMS = 3                # per-channel epilogue parameters (`CHANNEL_PARAMS` records)
+    TABLE = 4                 # the 256-entry activation table (entry q + 128, int8)
+    GATES = 5                 # the gate table of an accumulating pass (`TOKEN_GATE` records)
+    OUT = 6                   # the int32 output rows experts accumulate into
+    ROUTER_WEIGHTS = 7        # router weights and their logit requantisation (`router_record`)
+    ROUTER_BIAS = 8           # sigmoid_bias selection biases (`SELECTION_BIAS` records)
+    DISPATCH = 9              # the dispatch table (`dispatch_table`): counts, then queues
+
+
+ACTIVATION_BUFFERS = (Buffer.ACT0, Buffer.ACT1)
+
+# OUT holds int32 values.
+OUT_VALUE = 4
+
+
+def buffer_bytes(config) -> dict[Buffer, int]:
+    """Capacity of each on-chip buffer in bytes, from the configuration and the records it holds."""
+    return {
+        Buffer.ACT0: config.act_buffer_bytes, Buffer.ACT1: config.act_buffer_bytes,
+        Buffer.WEIGHT: config.weight_banks * config.weight_buffer_bytes,
+        Buffer.PARAMS: config.max_tiles * config.mac_rows * CHANNEL_PARAMS.size,
+        Buffer.TABLE: ACTIVATION_TABLE.size // 8,
+        Buffer.GATES: config.max_tokens * TOKEN_GATE.size,
+        Buffer.OUT: config.out_buffer_bytes,
+        Buffer.ROUTER_WEIGHTS: config.max_experts * router_record(config).size // 8,
+        Buffer.ROUTER_BIAS: config.max_experts * SELECTION_BIAS.size,
+        Buffer.DISPATCH: dispatch_table(config).size // 8,
+    }
+
+
+def act_row_bytes(config, width: int) -> int:
+    """Bytes between rows of `width` int8 values in an activation buffer (whole words)."""
+    return -(-width // config.act_word_bytes) * config.act_word_bytes
+
+
+def out_row_bytes(config, width: int) -> int:
+    """Bytes between rows of `width` int32 values in OUT (whole tiles of ``mac_rows``)."""
+    return -(-width // config.mac_rows) * config.mac_rows * OUT_VALUE

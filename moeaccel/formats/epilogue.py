@@ -1,0 +1,56 @@
+"""The epilogue's formats: per-channel parameters (on chip and as PARAMS records), the rows it takes
+and gives, and the activation table."""
+
+from __future__ import annotations
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
+
+from .numbers import INT8_MAX, INT8_MIN, MULT_BITS, SHIFT_BITS
+from .records import Pair
+
+__all__ = ["CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_ENTRIES", "ACTIVATION_TABLE", "TABLE_WRITE",
+           "epilogue_in", "epilogue_out", "IDENTITY_TABLE"]
+
+# One output channel's bias and requantisation; in DRAM and in the PARAMS buffer an 8-byte record,
+# channel c (tile x mac_rows + row) at byte 8 c.
+CHANNEL_PARAMS = Pair("channel parameters", {
+    "bias": (signed(32), signed(32)),
+    "multiplier": (unsigned(MULT_BITS), unsigned(16)),
+    "shift": (unsigned(SHIFT_BITS), unsigned(8)),
+}, dram_bytes=8)
+
+# One output channel's operands: the int32 accumulator, its parameters, and whether the activation
+# table applies to it (else the requantised value passes through).
+EPILOGUE_LANE = data.StructLayout({
+    "acc": signed(32),
+    "params": CHANNEL_PARAMS.onchip(),
+    "apply_table": unsigned(1),
+})
+
+# The activation table: entry q + 128 is the output for int8 input q (the TABLE buffer's bytes).
+TABLE_ENTRIES = INT8_MAX - INT8_MIN + 1
+ACTIVATION_TABLE = data.ArrayLayout(signed(8), TABLE_ENTRIES)
+IDENTITY_TABLE = tuple(range(INT8_MIN, INT8_MAX + 1))
+
+# One entry of the table written: entry `index` is the output for input `index - 128`.
+TABLE_WRITE = data.StructLayout({
+    "index": unsigned(8),
+    "value": signed(8),
+})
+
+
+def epilogue_in(lanes: int, tag_bits: int = 0) -> data.StructLayout:
+    """A row of `lanes` accumulators with their parameters, and a tag that travels with the row."""
+    return data.StructLayout({
+        "lanes": data.ArrayLayout(EPILOGUE_LANE, lanes),
+        "tag": unsigned(tag_bits),
+    })
+
+
+def epilogue_out(lanes: int, tag_bits: int = 0) -> data.StructLayout:
+    """A row of `lanes` int8 results, with the tag its input row carried."""
+    return data.StructLayout({
+        "values": data.ArrayLayout(signed(8), lanes),
+        "tag": unsigned(tag_bits),
+    })

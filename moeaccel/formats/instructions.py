@@ -1,0 +1,288 @@
+"""The instruction formats: opcodes, queues, error codes, the dependency tokens, the body of every
+opcode and the expert descriptor an EXPERT_LOOP reads, with the checks a program's instructions must
+pass. `moeaccel.isa` encodes, decodes and disassembles with these.
+
+An instruction is ``INSTRUCTION_BITS`` wide: an `Opcode`, four dependency-token bits (`DEPS`) and an
+opcode-specific body. The compute bodies *are* the units' command layouts (`expert_ffn.ffn_command`,
+`router.router_command`, `attention.attention_command`), so an instruction hands its unit exactly
+the bits the unit decodes; widths follow the `AccelConfig`.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import unsigned
+from amaranth.lib import data, enum
+
+from . import attention, expert_ffn, router, vector
+from .buffers import Buffer, buffer_bytes
+from .numbers import MULT_BITS, SHIFT_BITS, count_bits
+from .vector import VectorOp
+
+__all__ = ["INSTRUCTION_BITS", "INSTRUCTION_BYTES", "ADDRESS_BITS", "SRAM_ADDRESS_BITS", "Opcode",
+           "Queue", "QUEUE_OF", "ErrorCode", "DEPS", "transfer_body", "linear_body", "route_body",
+           "expert_loop_body", "attention_body", "vector_body", "DESCRIPTOR", "bodies",
+           "body_name", "instruction_layout", "expert_loop_commands", "check", "expert_check"]
+
+INSTRUCTION_BITS = 256
+INSTRUCTION_BYTES = INSTRUCTION_BITS // 8
+ADDRESS_BITS = 32             # byte offsets inside the DMA window the host grants
+SRAM_ADDRESS_BITS = 24        # byte offsets inside an on-chip buffer
+
+
+class Opcode(enum.Enum, shape=4):
+    NOP = 0
+    LOAD = 1                  # DRAM -> an on-chip buffer, 2-D strided (load queue)
+    STORE = 2                 # an on-chip buffer -> DRAM, 2-D strided (store queue)
+    LINEAR = 3                # one Expert-FFN pass: dense or M:N, fused epilogue (compute)
+    ROUTE = 4                 # the router: logits, top-k, gates into the dispatch table (compute)
+    EXPERT_LOOP = 5           # walk the dispatch table: every active expert's FFN (compute)
+    ATTENTION = 6             # attention with K/V streamed once per query group (compute)
+    VECTOR = 7                # element-wise and row operations of a decoder layer (compute)
+    SYNC = 8                  # wait until every queue is idle
+    FINISH = 9                # end of program: raise done, stop
+
+
+class Queue(enum.Enum):
+    LOAD = 0
+    COMPUTE = 1
+    STORE = 2
+
+
+QUEUE_OF = {
+    Opcode.NOP: Queue.COMPUTE, Opcode.LOAD: Queue.LOAD, Opcode.STORE: Queue.STORE,
+    Opcode.LINEAR: Queue.COMPUTE, Opcode.ROUTE: Queue.COMPUTE, Opcode.EXPERT_LOOP: Queue.COMPUTE,
+    Opcode.ATTENTION: Queue.COMPUTE, Opcode.VECTOR: Queue.COMPUTE, Opcode.SYNC: Queue.COMPUTE,
+    Opcode.FINISH: Queue.COMPUTE,
+}
+
+
+class ErrorCode(enum.Enum, shape=4):
+    """The error status the hardware raises and the emulator reports; the run stops at once."""
+    NONE = 0
+    ILLEGAL_OPCODE = 1        # an opcode outside `Opcode`
+    BAD_FIELD = 2             # a field the configuration cannot hold (the block refused it)
+    DMA_WINDOW = 3            # a LOAD/STORE (or a descriptor) outside the granted DMA window
+    WATCHDOG = 4              # the run exceeded its cycle budget
+    DEADLOCK = 5              # every queue waits for a token no instruction will push
+    NO_FINISH = 6             # the program ended without FINISH
+
+
+DEPS = data.StructLayout({
+    "pop_prev": unsigned(1),  # wait for a token from the previous queue (load <- compute <- store)
+    "pop_next": unsigned(1),  # wait for a token from the next queue
+    "push_prev": unsigned(1), # give a token to the previous queue when done
+    "push_next": unsigned(1), # give a token to the next queue when done
+})
+
+
+def transfer_body(config) -> data.StructLayout:
+    """LOAD and STORE: ``rows`` rows of ``row_bytes`` between DRAM (``dram``, rows ``dram_stride``
+    bytes apart) and a buffer (``sram``, rows ``sram_stride`` bytes apart; 0: packed). A LOAD into
+    WEIGHT moves packed M:N weight words (`sw.sparsity.pack`) as they are: the compressed form is
+    what travels."""
+    return data.StructLayout({
+        "buffer": Buffer,
+        "dram": unsigned(ADDRESS_BITS),
+        "dram_stride": unsigned(ADDRESS_BITS),
+        "sram": unsigned(SRAM_ADDRESS_BITS),
+        "sram_stride": unsigned(SRAM_ADDRESS_BITS),
+        "rows": unsigned(16),
+        "row_bytes": unsigned(SRAM_ADDRESS_BITS),
+    })
+
+
+def linear_body(config) -> data.StructLayout:
+    """LINEAR: one pass of the Expert-FFN engine (`expert_ffn.ffn_command`). Its packed weight words
+    (``tiles x chunks`` words, `sw.sparsity.pack`) stream from DRAM at ``weights``, or, with
+    ``preloaded``, come from the WEIGHT buffer at byte ``sram`` (put there by LOADs that the load
+    queue can run while the previous pass computes). Parameters come from PARAMS, the table from
+    TABLE, the gate table from GATES. Result rows go (``to_buffer``) to activation buffer
+    ``1 - src`` (``dst_row_words`` words a token), or (``accumulate``) into OUT; a ``drain``
+    requantises OUT's rows into activation buffer ``1 - src`` and clears them."""
+    return data.StructLayout({
+        "command": expert_ffn.ffn_command(config),
+        "weights": unsigned(ADDRESS_BITS),
+        "preloaded": unsigned(1),
+        "sram": unsigned(SRAM_ADDRESS_BITS),
+    })
+
+
+def route_body(config) -> data.StructLayout:
+    """ROUTE: a router run (`router.router_command`) into DISPATCH. With ``command.compute`` the
+    router's GEMM reads the tokens from ACT0 (rows ``row_words`` activation words apart) and the
+    weights from ROUTER_WEIGHTS; otherwise it reads int16 Q8 logits ``[tokens, experts]`` from DRAM
+    at ``logits``."""
+    return data.StructLayout({
+        "command": router.router_command(config),
+        "row_words": unsigned(count_bits(config.act_buffer_words)),
+        "logits": unsigned(ADDRESS_BITS),
+    })
+
+
+def expert_loop_body(config) -> data.StructLayout:
+    """EXPERT_LOOP: for each expert ``e < experts`` with tokens in DISPATCH, in order: read its
+    `DESCRIPTOR` at DRAM ``table + e x`` its size, gather its tokens' rows from ACT0, run the first
+    pass (gate and up fused under ``swiglu``, the descriptor's table applied) into ACT1 and the down
+    pass adding ``gate x row`` into OUT (`expert_loop_commands`). Experts without tokens cost
+    nothing; each expert's weights are read once. ``prefetch``: expert e+1's first weight block
+    loads while e computes."""
+    return data.StructLayout({
+        "experts": unsigned(count_bits(config.max_experts)),
+        "table": unsigned(ADDRESS_BITS),
+        "d_model": unsigned(count_bits(config.max_d_model)),
+        "d_ff": unsigned(count_bits(config.max_d_ff)),
+        "pattern": unsigned(expert_ffn.pattern_bits(config)),
+        "swiglu": unsigned(1),
+        "prefetch": unsigned(1),
+    })
+
+
+def attention_body(config) -> data.StructLayout:
+    """ATTENTION: the attention unit's command and the DRAM offsets of its Q, K, V and O rows."""
+    return data.StructLayout({
+        "command": attention.attention_command(config),
+        "q": unsigned(ADDRESS_BITS),
+        "k": unsigned(ADDRESS_BITS),
+        "v": unsigned(ADDRESS_BITS),
+        "o": unsigned(ADDRESS_BITS),
+    })
+
+
+def vector_body(config) -> data.StructLayout:
+    """VECTOR: ``op`` (`sw.vector`) over ``rows`` rows of ``width`` values, from buffers ``a`` (and
+    ``b``) to ``dst``; row ``r`` of an activation buffer is at byte ``r x act_row_bytes(width)``,
+    of OUT at ``r x out_row_bytes(width)``. Per-channel operands are at DRAM ``params``
+    (`vector.operand_layout`). ADD: ``a x multiplier + b x multiplier_b``, MUL:
+    ``a x b x multiplier``, REQUANT: ``a x multiplier``, each ``>> shift``; the norms and GATE
+    requantise with ``multiplier``/``shift``; ROPE rotates heads of ``head_dim``."""
+    return data.StructLayout({
+        "op": VectorOp,
+        "rows": unsigned(count_bits(max(config.max_tokens, config.max_seq_len))),
+        "width": unsigned(count_bits(config.max_inputs)),
+        "a": Buffer,
+        "b": Buffer,
+        "dst": Buffer,
+        "params": unsigned(ADDRESS_BITS),
+        "multiplier": unsigned(MULT_BITS),
+        "multiplier_b": unsigned(MULT_BITS),
+        "shift": unsigned(SHIFT_BITS),
+        "head_dim": unsigned(count_bits(config.attention_row_words * config.axi_data_bytes)),
+    })
+
+
+# EXPERT_LOOP: one expert's descriptor, at DRAM ``table + e x`` its size: DRAM offsets of its
+# first-pass weights (gate/up fused under SwiGLU, `compiler.plan.fuse_swiglu`), its down weights,
+# their PARAMS images, its activation table, and the SwiGLU requantisation.
+DESCRIPTOR = data.StructLayout({
+    "first": unsigned(ADDRESS_BITS),
+    "down": unsigned(ADDRESS_BITS),
+    "first_params": unsigned(ADDRESS_BITS),
+    "down_params": unsigned(ADDRESS_BITS),
+    "table": unsigned(ADDRESS_BITS),
+    "swiglu_multiplier": unsigned(16),
+    "swiglu_shift": unsigned(8),
+    "reserved": unsigned(72),
+})
+
+
+def bodies(config) -> dict:
+    """Each opcode's body layout (SYNC, FINISH and NOP have none)."""
+    transfer = transfer_body(config)
+    return {
+        Opcode.LOAD: transfer, Opcode.STORE: transfer,
+        Opcode.LINEAR: linear_body(config), Opcode.ROUTE: route_body(config),
+        Opcode.EXPERT_LOOP: expert_loop_body(config), Opcode.ATTENTION: attention_body(config),
+        Opcode.VECTOR: vector_body(config),
+    }
+
+
+def body_name(opcode: Opcode) -> str | None:
+    """The member of the instruction's body union an opcode's fields are in (LOAD and STORE share
+    one)."""
+    if opcode in (Opcode.LOAD, Opcode.STORE):
+        return "load"
+    return opcode.name.lower() if opcode in (Opcode.LINEAR, Opcode.ROUTE, Opcode.EXPERT_LOOP,
+                                             Opcode.ATTENTION, Opcode.VECTOR) else None
+
+
+def instruction_layout(config) -> data.StructLayout:
+    """The instruction of `config`: opcode, dependency tokens, the body as a union over opcodes
+    (named by the opcode, lower case), padded to `INSTRUCTION_BITS`."""
+    layouts = bodies(config)
+    union = data.UnionLayout({op.name.lower(): layout for op, layout in layouts.items()
+                              if op is not Opcode.STORE})
+    header = Opcode.as_shape().width + DEPS.size
+    if header + union.size > INSTRUCTION_BITS:
+        widest = max(layouts.items(), key=lambda item: item[1].size)[0].name
+        raise ValueError(f"{config.name}: the {widest} body takes {union.size} bits, more than the "
+                         f"{INSTRUCTION_BITS - header} an instruction has")
+    largest = max(buffer_bytes(config).items(), key=lambda item: item[1])
+    if largest[1] > 1 << SRAM_ADDRESS_BITS:
+        raise ValueError(f"{config.name}: {largest[0].name} holds {largest[1]} bytes, more than "
+                         f"the {SRAM_ADDRESS_BITS}-bit on-chip offsets of a transfer reach")
+    return data.StructLayout({"opcode": Opcode, "deps": DEPS, "body": union,
+                              "reserved": unsigned(INSTRUCTION_BITS - header - union.size)})
+
+
+def expert_loop_commands(config, fields: dict, tokens: int,
+                         swiglu_multiplier: int = 0, swiglu_shift: int = 0) -> tuple[dict, dict]:
+    """The two Expert-FFN commands an EXPERT_LOOP (body `fields`) runs for an expert with `tokens`
+    tokens: the first pass (gate and up fused under ``swiglu``, its table applied) from the
+    gathered rows in ACT0 into ACT1, and the down pass from ACT1 adding ``gate x row`` into OUT.
+    The pattern index must name a built pattern (`check` refuses one that does not)."""
+    pattern = config.patterns[fields["pattern"]]
+    first = expert_ffn.pass_command(config, tokens, fields["d_model"], fields["d_ff"], pattern,
+                                    swiglu=bool(fields["swiglu"]), activation=True,
+                                    to_buffer=True, swiglu_multiplier=swiglu_multiplier,
+                                    swiglu_shift=swiglu_shift)
+    down = expert_ffn.pass_command(config, tokens, fields["d_ff"], fields["d_model"], pattern,
+                                   src=1, accumulate=True)
+    return first, down
+
+
+def check(config, opcode: Opcode, fields: dict) -> list[str]:
+    """What the hardware refuses in an instruction's body, beyond the DMA window and the buffers'
+    bounds (which depend on the data): its unit's `check`, and the rules of the instruction."""
+    if opcode is Opcode.LINEAR:
+        command = fields["command"]
+        reasons = expert_ffn.check(config, command)
+        if not (command["to_buffer"] or command["accumulate"]):
+            reasons.append("the rows go nowhere: a LINEAR writes to_buffer or accumulates")
+        return reasons
+    if opcode is Opcode.ROUTE:
+        command = fields["command"]
+        reasons = router.check(config, command)
+        if command["compute"] and fields["row_words"] * config.act_word_bytes \
+                < command["chunks"] * config.router_lanes:
+            reasons.append(f"rows of {fields['row_words']} words are narrower than "
+                           f"{command['chunks']} router chunks")
+        return reasons
+    if opcode is Opcode.EXPERT_LOOP:
+        reasons = []
+        if not 1 <= fields["experts"] <= config.max_experts:
+            reasons.append(f"experts={fields['experts']} (1 .. {config.max_experts})")
+        if fields["pattern"] >= len(config.patterns):
+            reasons.append(f"pattern={fields['pattern']} ({len(config.patterns)} built)")
+        if not fields["d_model"] or not fields["d_ff"]:
+            reasons.append(f"d_model={fields['d_model']}, d_ff={fields['d_ff']} (both at least 1)")
+        return reasons
+    if opcode is Opcode.ATTENTION:
+        return attention.check(config, fields["command"])
+    if opcode is Opcode.VECTOR:
+        return vector.check(config, fields)
+    return []
+
+
+def expert_check(config, fields: dict, tokens: int, swiglu_multiplier: int,
+                 swiglu_shift: int) -> list[str]:
+    """What the hardware refuses of one expert of an EXPERT_LOOP: its two commands' `check`, and a
+    SwiGLU requantisation (from its descriptor) beyond the shifts the engine takes."""
+    reasons = []
+    if swiglu_multiplier >> MULT_BITS or swiglu_shift >> SHIFT_BITS:
+        reasons.append(f"the SwiGLU requantisation {swiglu_multiplier} >> {swiglu_shift} does not "
+                       f"fit the engine's {MULT_BITS}-bit multiplier and {SHIFT_BITS}-bit shift")
+    for name, command in zip(("first", "down"), expert_loop_commands(
+            config, fields, tokens, swiglu_multiplier & ((1 << MULT_BITS) - 1),
+            swiglu_shift & ((1 << SHIFT_BITS) - 1))):
+        reasons += [f"the {name} pass: {reason}" for reason in expert_ffn.check(config, command)]
+    return reasons

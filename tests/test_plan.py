@@ -1,0 +1,57 @@
+"""The compiler's pass planning (`compiler.plan`): a pass is refused with the engine's own reasons
+(`formats.expert_ffn.check`) and, when fewer tokens would fit, how many."""
+
+import pytest
+
+from moeaccel.compiler.plan import ShapeError, max_pass_tokens, plan_pass
+from moeaccel.config import ConfigError, SparsityPattern, preset
+from moeaccel.formats import expert_ffn
+
+
+@pytest.mark.parametrize("shape, message", [
+    (dict(tokens=65, inputs=8, outputs=8),
+     r"^a pass of 65 tokens x 8 inputs -> 8 outputs \(dense\) does not fit the tiny configuration: "
+     r"tokens=65 \(1 \.\. 64\); at most 64 tokens a pass$"),
+    (dict(tokens=1, inputs=257, outputs=8),
+     r"^a pass of 1 tokens x 257 inputs -> 8 outputs \(dense\) does not fit the tiny "
+     r"configuration: chunks=33 \(1 \.\. 32\)$"),
+    (dict(tokens=1, inputs=8, outputs=600),
+     r"^a pass of 1 tokens x 8 inputs -> 600 outputs \(dense\) does not fit the tiny configuration: "
+     r"tiles=150 \(1 \.\. 128\)$"),
+    (dict(tokens=64, inputs=8, outputs=512, swiglu=True, to_buffer=True), r": tiles=256 \(1 \.\. 128\)"),
+    (dict(tokens=1, inputs=8, outputs=8, pattern="3:8"), r"^sparsity pattern 3:8|^sparsity 3:8"),
+    (dict(tokens=0, inputs=8, outputs=8), r"^tokens must be a positive integer, not 0$"),
+])
+def test_plan_refuses_what_the_configuration_cannot_hold(shape, message):
+    with pytest.raises((ShapeError, ConfigError), match=message):
+        plan_pass(preset("tiny"), **shape)
+
+
+def test_a_pass_that_fits_is_planned():
+    step = plan_pass(preset("tiny"), 64, 256, 8, src=0)
+    assert step.src_row_words == 8 and not expert_ffn.check(preset("tiny"), step.command())
+
+
+def test_plan_refuses_tokens_beyond_the_activation_buffer_and_says_how_many_fit():
+    config = preset("tiny").replace(act_buffer_bytes=4096)
+    with pytest.raises(ShapeError, match=r"^a pass of 64 tokens x 256 inputs -> 8 outputs \(dense\) "
+                                         r"does not fit the tiny configuration: 64 rows of 8 words "
+                                         r"\(an activation buffer holds 128\); at most 16 tokens a "
+                                         r"pass$"):
+        plan_pass(config, 64, 256, 8)
+
+
+@pytest.mark.parametrize("name", ["tiny", "pynq-z2"])
+def test_max_pass_tokens_is_the_largest_count_the_engine_takes(name):
+    """Checked against the engine's rules token by token: every count up to the figure is taken,
+    the next one refused."""
+    config = preset(name)
+    for inputs, outputs, options in ((config.max_d_model, config.max_d_ff,
+                                      dict(swiglu=True, to_buffer=True)),
+                                     (config.max_inputs, 64, {}), (64, 64, dict(drain=True))):
+        fit = max_pass_tokens(config, inputs, outputs, SparsityPattern(1, 1), **options)
+        assert fit >= 1
+        plan_pass(config, fit, inputs, outputs, **options)
+        if fit < config.max_tokens:
+            with pytest.raises(ShapeError):
+                plan_pass(config, fit + 1, inputs, outputs, **options)
