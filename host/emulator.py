@@ -15,13 +15,14 @@ Formats are those of `moeaccel.isa` (docs/isa.md).
 
 Timing is a model (`instruction_cycles`): each queue runs its instructions in order; an instruction
 starts when its queue is free and the tokens it pops have been pushed, so a load can overlap the
-compute before it exactly as far as the tokens allow. LINEAR, ATTENTION and ROUTE take the cycles
-their units take in RTL simulation (`hw.ffn_engine.ffn_pass_cycles`,
-`sw.attention.attention_cycles`, `hw.router.router_cycles`, each equal to the measured counts);
-EXPERT_LOOP its experts' passes plus their descriptor and parameter transfers, less what
-``prefetch`` overlaps (`expert_loop_cycles`); VECTOR and LOAD/STORE a set-up plus a word or beat a
-cycle (`vector_cycles`). The loop's overheads and the vector unit are estimates until the
-accelerator top is measured.
+compute before it exactly as far as the tokens allow. Measured, equal to the units' counts in RTL
+simulation: ATTENTION (`sw.attention.attention_cycles`), ROUTE (`hw.router.router_cycles`) and a
+LINEAR whose weights stream from DRAM (`hw.ffn_engine.ffn_pass_cycles`). Modelled, with no RTL
+behind them yet (the accelerator top, its WEIGHT buffer, expert loop and vector unit, does not
+exist): a ``preloaded`` LINEAR (the same formula with one cycle a weight word, as if WEIGHT fed the
+engine a word a cycle); EXPERT_LOOP, its experts' passes plus their descriptor and parameter
+transfers, less what ``prefetch`` overlaps (`expert_loop_cycles`); VECTOR and LOAD/STORE, a set-up
+plus a word or beat a cycle (`vector_cycles`).
 """
 
 from __future__ import annotations
