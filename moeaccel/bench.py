@@ -3,6 +3,9 @@
 ``expert-ffn`` runs one expert (a seeded random float expert, pruned to the pattern and quantised)
 through the Expert-FFN engine in Verilator, checks its output bit for bit against the golden model,
 and reports the engine's cycle counters against the ideal of ``MACs / MAC units``.
+
+``figures`` re-measures every figure the docs quote, recorded in ``docs/figures.json`` (one entry
+per measurement: the bench, its arguments, the values), and fails on any difference (`make bench`).
 """
 
 from __future__ import annotations
@@ -11,17 +14,27 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .config import SparsityPattern, preset
+from .figures import FIGURES_FILE, load_figures
 
-__all__ = ["bench_expert_ffn", "bench_router", "bench_attention", "sweep", "add_arguments"]
+__all__ = ["SimulationFailed", "bench_expert_ffn", "bench_router", "bench_attention", "sweep",
+           "sweep_table", "measure_figure", "figure_differences", "figure_command", "check_figures",
+           "add_arguments"]
+
+
+class SimulationFailed(RuntimeError):
+    """A benchmark's simulation did not pass: a cocotb test failed (a mismatch against the golden
+    model included), none ran, or the simulator exited with an error or timed out."""
 
 
 def _simulate_case(component, toplevel: str, config_name: str, case: dict, what: str,
                    **options) -> dict:
     """One case through `component`'s cocotb testbench (``moeaccel.sim.tb.<toplevel>``); its
-    report. A failing simulation with no report prints the log's tail and raises."""
+    report. Any failure of the simulation, whether or not it wrote a report, prints the log's
+    tail and raises `SimulationFailed`: a report is used only from a run that passed."""
     from .sim.harness import run_cocotb
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -33,10 +46,10 @@ def _simulate_case(component, toplevel: str, config_name: str, case: dict, what:
                        build_key=config_name, timeout_s=3600, log_file=log_file,
                        parameters={"config": config_name, "overrides": {}, "cases": [case],
                                    "report_file": str(report_file)}, **options)
-        except AssertionError:
-            if not report_file.exists():
+        except AssertionError as failure:
+            if log_file.exists():
                 print(log_file.read_text()[-4000:], file=sys.stderr)
-                raise
+            raise SimulationFailed(f"{what} on {config_name}: {failure}") from None
         (report,) = json.loads(report_file.read_text())
     return report
 
@@ -160,32 +173,104 @@ SWEEP = [  # (tokens, d_model, d_ff, sparsity, activation) on pynq-z2
 ]
 
 
-def sweep(out: Path, config_name: str = "pynq-z2") -> list[dict]:
-    """Run the SWEEP shapes; write a Markdown table to `out` (and the rows as JSON beside it)."""
-    rows = []
-    for index, shape in enumerate(SWEEP, 1):
-        print(f"step {index}/{len(SWEEP)}: expert-ffn {shape}", file=sys.stderr, flush=True)
-        rows.append(bench_expert_ffn(*shape, config_name=config_name))
+def sweep_table(rows: list[dict]) -> list[str]:
+    """The Markdown table of expert-ffn results (docs/expert_ffn.md): utilization, and cycles and
+    weight bytes against the dense row of the same shape."""
     dense = {(r["tokens"], r["d_model"], r["d_ff"], r["activation"]): r for r in rows
              if r["sparsity"] == "dense"}
-    lines = [f"# Expert-FFN engine: cycles in RTL simulation ({config_name}, "
-             f"{preset(config_name).mac_units} MAC lanes)", "",
-             "| tokens | d_model | d_ff | act | sparsity | cycles | ideal | utilization | "
-             "vs dense | weight bytes | bytes vs dense | weight wait | bit-exact |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| tokens | d_model | d_ff | act | sparsity | cycles | ideal | utilization | "
+             "vs dense | weight bytes | bytes vs dense | weight wait |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = dense.get((r["tokens"], r["d_model"], r["d_ff"], r["activation"]))
         speedup = f"{base['cycles'] / r['cycles']:.2f}x" if base else "-"
         ratio = f"{r['weight_bytes'] / base['weight_bytes']:.3f}" if base else "-"
         lines.append(f"| {r['tokens']} | {r['d_model']} | {r['d_ff']} | {r['activation']} | "
                      f"{r['sparsity']} | {r['cycles']} | {r['ideal_cycles']} | "
-                     f"{r['utilization']:.3f} | {speedup} | {r['weight_bytes']} | {ratio} | "
-                     f"{r['weight_wait_cycles']} | {r['bit_exact']} |")
+                     f"{r['ideal_cycles'] / r['cycles']:.3f} | {speedup} | {r['weight_bytes']} | "
+                     f"{ratio} | {r['weight_wait_cycles']} |")
+    return lines
+
+
+def sweep(out: Path, config_name: str = "pynq-z2") -> list[dict]:
+    """Run the SWEEP shapes; write a Markdown table to `out` (and the rows as JSON beside it).
+    Every row is bit-exact: a mismatch fails the run (`SimulationFailed`)."""
+    rows = []
+    for index, shape in enumerate(SWEEP, 1):
+        print(f"step {index}/{len(SWEEP)}: expert-ffn {shape}", file=sys.stderr, flush=True)
+        rows.append(bench_expert_ffn(*shape, config_name=config_name))
+    lines = [f"# Expert-FFN engine: cycles in RTL simulation ({config_name}, "
+             f"{preset(config_name).mac_units} MAC lanes)", ""] + sweep_table(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
     return rows
+
+
+# -- the docs' figures: one home, re-measured by `moeaccel bench figures` ------------------------
+
+BENCHES = {"expert-ffn": bench_expert_ffn, "router": bench_router, "attention": bench_attention}
+
+
+def measure_figure(entry: dict) -> dict:
+    """Run the entry's benchmark in RTL simulation; its result."""
+    return BENCHES[entry["bench"]](**entry["args"])
+
+
+def figure_differences(entry: dict, result: dict) -> list[str]:
+    """Each recorded value the measurement does not reproduce, as ``key: measured X, recorded Y``."""
+    return [f"{key}: measured {result.get(key)}, recorded {value}"
+            for key, value in entry["measured"].items() if result.get(key) != value]
+
+
+def figure_command(entry: dict) -> str:
+    """The command line that measures the entry (its arguments are the bench function's, by
+    name; ``config_name`` is ``--config``, True a flag)."""
+    words = ["moeaccel", "bench", entry["bench"]]
+    for key, value in entry["args"].items():
+        option = "--config" if key == "config_name" else "--" + key.replace("_", "-")
+        words += [option] if value is True else [option, str(value)]
+    return " ".join(words + ["--json"])
+
+
+def check_figures(names: list[str] | None = None, path: Path = FIGURES_FILE,
+                  out: Path | None = None) -> int:
+    """Re-measure the named entries (default: all) of `path`; print each against its record;
+    0 when every value is reproduced, 1 otherwise (a value differs, or a simulation failed). `out`
+    takes the measured results as JSON."""
+    entries = load_figures(path)["cycles"]
+    known = {entry["name"] for entry in entries}
+    unknown = [name for name in names or [] if name not in known]
+    if unknown:
+        raise KeyError(f"no figure named {unknown[0]!r} in {path}")
+    chosen = [entry for entry in entries if not names or entry["name"] in names]
+    results, failed = [], []
+    for index, entry in enumerate(chosen, 1):
+        print(f"step {index}/{len(chosen)}: {entry['name']}: {figure_command(entry)}",
+              file=sys.stderr, flush=True)
+        start = time.monotonic()
+        try:
+            result = measure_figure(entry)
+            differences = figure_differences(entry, result)
+        except SimulationFailed as failure:
+            result, differences = {}, [f"simulation failed: {failure}"]
+        seconds = time.monotonic() - start
+        results.append({"name": entry["name"], "seconds": round(seconds, 1),
+                        "differences": differences, **result})
+        verdict = "as recorded" if not differences else "DIFFERS: " + "; ".join(differences)
+        print(f"{entry['name']}: {verdict} ({seconds:.0f} s)", flush=True)
+        if differences:
+            failed.append(entry["name"])
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
+    if failed:
+        print(f"{len(failed)} of {len(chosen)} figures differ from {path}: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
+    print(f"all {len(chosen)} figures as recorded in {path}")
+    return 0
 
 
 def add_arguments(commands) -> None:
@@ -236,6 +321,23 @@ def add_arguments(commands) -> None:
     table.add_argument("--config", default="pynq-z2")
     table.set_defaults(run=lambda args: 0 if all(
         row["bit_exact"] for row in sweep(args.out, args.config)) else 1)
+    figures = blocks.add_parser(
+        "figures", help="re-measure the figures the docs quote (docs/figures.json); fail on a "
+                        "difference")
+    figures.add_argument("names", nargs="*", metavar="NAME", help="entries to measure (default: all)")
+    figures.add_argument("--figures", type=Path, default=FIGURES_FILE, help="the record")
+    figures.add_argument("--out", type=Path, help="write the measured results here as JSON")
+    figures.add_argument("--list", action="store_true", help="print each entry's command, measure "
+                         "nothing")
+    figures.set_defaults(run=_run_figures)
+
+
+def _run_figures(args) -> int:
+    if args.list:
+        for entry in load_figures(args.figures)["cycles"]:
+            print(f"{entry['name']}: {figure_command(entry)}")
+        return 0
+    return check_figures(args.names or None, args.figures, args.out)
 
 
 def _run_router(args) -> int:

@@ -123,10 +123,14 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except Exception as error:                      # configuration and input errors: one line
+        from .bench import SimulationFailed
         from .config import ConfigError
         if isinstance(error, (ConfigError, KeyError, ValueError)):     # ShapeError included
             print(f"moeaccel {args.command}: {error}", file=sys.stderr)
             return 2
+        if isinstance(error, SimulationFailed):     # the log's tail is already printed
+            print(f"moeaccel {args.command}: {error}", file=sys.stderr)
+            return 1
         raise
 
 

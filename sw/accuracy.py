@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,8 +21,12 @@ __all__ = ["Accuracy", "measure", "measure_cases", "input_cases", "build", "SPEC
 
 @dataclass
 class Accuracy:
+    """The errors of the output and the gates are measured over the tokens routed alike only:
+    read them with `routing_agreement` (`routed_alike` tokens of `tokens`). With no token routed
+    alike they are NaN, never 0, so that no bound holds over nothing."""
     tokens: int
     routing_agreement: float     # fraction of tokens whose integer experts equal the float ones
+    routed_alike: int            # how many tokens that is: the errors below are over them
     cosine: float                # cosine similarity of the whole outputs
     max_abs_error: float         # over tokens routed alike, relative to the float output's peak
     max_error_lsb: float         # the same, in units of the output's int8 scale
@@ -39,7 +44,8 @@ def measure(layer: MoELayer, quantized: QuantizedMoE, x: torch.Tensor) -> Accura
     alike = (routing.experts == float_experts).all(dim=1)
     error = (y_float - y_int).abs()
     peak = float(y_float.abs().max()) or 1.0
-    alike_error = error[alike] if alike.any() else torch.zeros(1, 1, dtype=torch.float64)
+    alike_error = error[alike] if alike.any() else torch.full((1, 1), math.nan,
+                                                              dtype=torch.float64)
     # The integer router folds the routed scaling factor into the experts' output requantisation.
     float_gates = float_gates.to(torch.float64) / layer.spec.routed_scaling
     gate_error = (float_gates[alike] - routing.gates[alike] / 2 ** 15).abs()
@@ -47,11 +53,12 @@ def measure(layer: MoELayer, quantized: QuantizedMoE, x: torch.Tensor) -> Accura
     return Accuracy(
         tokens=x.shape[0],
         routing_agreement=float(alike.double().mean()),
+        routed_alike=int(alike.sum()),
         cosine=float(cosine) if float(y_float.abs().max()) > 0 else 1.0,
         max_abs_error=float(alike_error.max()) / peak,
         max_error_lsb=float(alike_error.max()) / quantized.out_scale,
         mean_error_lsb=float(alike_error.mean()) / quantized.out_scale,
-        max_gate_error=float(gate_error.max()) if gate_error.numel() else 0.0,
+        max_gate_error=float(gate_error.max()) if gate_error.numel() else math.nan,
     )
 
 

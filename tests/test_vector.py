@@ -23,7 +23,12 @@ CONFIG = preset("tiny")
 
 # Stated bounds (|integer - float| in output LSBs, the float result clamped to the int8 range).
 # Each is the final rounding's 0.5 plus the measured error of the integer parameters, rounded up.
-BOUND_LSB = {"rmsnorm": 0.51, "layernorm": 0.51, "rope": 0.52, "add": 0.51}
+BOUND_LSB = {"rmsnorm": 0.51, "layernorm": 0.51, "rope": 0.52, "add": 0.51, "mul": 0.51,
+             "requant": 0.51}
+# GATE gives a Q15 gate: |integer - float| in Q15 LSBs against the sigmoid of the de-quantised int8
+# inputs and weights. The Q8 logit's rounding (half of 1/256) at the sigmoid's steepest slope (1/4)
+# is 16, `sigmoid_fixed` adds at most 2.5 (docs/numerics.md): 19 rounded up.
+GATE_BOUND_Q15 = 19
 
 
 def _lsb_error(y_q, y_float, out_scale):
@@ -75,6 +80,44 @@ def test_rope_and_add_are_within_their_bound():
     out_scale = float(total.abs().max()) / 127
     ma, mb, shift = sv.add_operands(scale, b_scale, out_scale)
     assert _lsb_error(sv.add(a_q, b_q, ma, mb, shift), total, out_scale) <= BOUND_LSB["add"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("spread_a, spread_b", [(1.0, 1.0), (0.05, 3.0), (20.0, 0.2)])
+def test_multiply_requant_and_gate_are_within_their_bound(seed, spread_a, spread_b):
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, spread):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64) * spread
+
+    a, b = randn(64, 96, spread=spread_a), randn(64, 96, spread=spread_b)
+    a_scale, b_scale = float(a.abs().max()) / 127, float(b.abs().max()) / 127
+    a_q, b_q = quantize_tensor(a, a_scale), quantize_tensor(b, b_scale)
+    product = (a_q * a_scale) * (b_q * b_scale)
+    for reach in (1.0, 0.5):                    # 0.5: the largest products saturate
+        out_scale = float(product.abs().max()) / 127 * reach
+        multiplier, shift = nx.quantize_multiplier(a_scale * b_scale / out_scale)
+        y_q = sv.multiply(a_q, b_q, int(multiplier), int(shift))
+        assert _lsb_error(y_q, product, out_scale) <= BOUND_LSB["mul"]
+
+    acc = torch.round(randn(64, 96, spread=spread_a * 2 ** 20)).to(torch.int64)
+    acc_scale = 1e-4 * spread_b
+    total = acc.to(torch.float64) * acc_scale
+    out_scale = float(total.abs().max()) / 127
+    multiplier, shift = nx.quantize_multiplier(acc_scale / out_scale)
+    y_q = sv.requant(acc, int(multiplier), int(shift))
+    assert _lsb_error(y_q, total, out_scale) <= BOUND_LSB["requant"]
+
+    x = randn(64, 96, spread=spread_a)
+    weight = randn(96, spread=0.3 * spread_b / spread_a ** 0.5)        # logits of up to ~9
+    x_scale = float(x.abs().max()) / 127
+    x_q = quantize_tensor(x, x_scale)
+    ops = sv.gate_operands(weight, x_scale)
+    gate = sv.sigmoid_gate(x_q, ops["weight"], ops["multiplier"], ops["shift"])
+    weight_scale = float(weight.abs().max()) / 127
+    logits = (x_q * x_scale) @ (ops["weight"] * weight_scale)
+    error = float((gate.to(torch.float64) - torch.sigmoid(logits) * 2 ** 15).abs().max())
+    assert error <= GATE_BOUND_Q15, f"gate: {error:.2f} Q15 LSB"
 
 
 def test_rsqrt_is_close_for_every_magnitude():
@@ -169,3 +212,15 @@ def test_bad_vector_fields_are_refused(op, fields, message):
     assert result.status is ErrorCode.BAD_FIELD and message in result.message
     with pytest.raises(ProgramError, match=re.escape(message)):
         Program(CONFIG).vector(op, **fields)
+
+
+def test_docs_state_the_tested_bounds():
+    """docs/numerics.md's table of the vector operations states the bounds asserted here."""
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "numerics.md").read_text()
+    for op, key in (("ADD", "add"), ("MUL", "mul"), ("REQUANT", "requant"),
+                    ("RMSNORM", "rmsnorm"), ("LAYERNORM", "layernorm"), ("ROPE", "rope")):
+        (row,) = [line for line in doc.splitlines() if line.startswith(f"| {op} ")]
+        assert f"| ≤ {BOUND_LSB[key]} LSB |" in row, row
+    (row,) = [line for line in doc.splitlines() if line.startswith("| GATE ")]
+    assert f"| ≤ {GATE_BOUND_Q15} LSB of Q15 |" in row, row
