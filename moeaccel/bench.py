@@ -19,6 +19,9 @@ from pathlib import Path
 
 from .config import SparsityPattern, preset
 from .figures import FIGURES_FILE, load_figures
+from .formats.attention import INPUT_KINDS
+from .formats.expert_ffn import EXPERT_ACTIVATIONS
+from .formats.router import ROUTER_MODES
 
 __all__ = ["SimulationFailed", "bench_expert_ffn", "bench_router", "bench_attention", "sweep",
            "sweep_table", "measure_figure", "figure_differences", "figure_command", "check_figures",
@@ -281,7 +284,7 @@ def add_arguments(commands) -> None:
     ffn.add_argument("--d-model", type=int, required=True)
     ffn.add_argument("--d-ff", type=int, required=True)
     ffn.add_argument("--sparsity", default="dense", help="N:M or dense (default)")
-    ffn.add_argument("--activation", choices=("swiglu", "gelu", "relu"), default="swiglu")
+    ffn.add_argument("--activation", choices=EXPERT_ACTIVATIONS, default="swiglu")
     ffn.add_argument("--config", default="pynq-z2", help="preset (default pynq-z2)")
     ffn.add_argument("--seed", type=int, default=0)
     ffn.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -291,7 +294,7 @@ def add_arguments(commands) -> None:
     router.add_argument("--experts", type=int, required=True)
     router.add_argument("--k", type=int, required=True)
     router.add_argument("--mode", required=True,
-                        choices=("softmax_topk_renorm", "softmax_topk", "top1", "sigmoid_bias"))
+                        choices=ROUTER_MODES)
     router.add_argument("--d-model", type=int, default=0,
                         help="compute the logits with the router's GEMM over d_model-wide tokens "
                              "(default: stream random logits in)")
@@ -311,7 +314,7 @@ def add_arguments(commands) -> None:
                            help="key/value heads (default: heads; fewer is grouped-query)")
     attention.add_argument("--head-dim", type=int, required=True)
     attention.add_argument("--causal", action="store_true")
-    attention.add_argument("--kind", choices=("random", "extreme", "peaked"), default="random")
+    attention.add_argument("--kind", choices=INPUT_KINDS, default="random")
     attention.add_argument("--config", default="pynq-z2", help="preset (default pynq-z2)")
     attention.add_argument("--seed", type=int, default=0)
     attention.add_argument("--json", action="store_true", help="one JSON object on stdout")

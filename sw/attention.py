@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..formats import attention as attention_formats
-from ..formats.attention import AttentionShape, group_keys
+from ..formats.attention import INPUT_KINDS, AttentionShape, group_keys
 from ..formats.numbers import ATTENTION_LOGIT_BITS, ATTENTION_RECIP_BITS
 from . import numerics as nx
 from .quantized import dequantize, quantize_tensor
@@ -229,9 +229,6 @@ def attention_macs(shape: AttentionShape) -> int:
     visible = (torch.clamp(positions + 1, max=shape.seq_kv).sum().item() if shape.causal
                else shape.seq_q * shape.seq_kv)
     return 2 * visible * shape.heads * shape.head_dim
-
-
-INPUT_KINDS = ("random", "extreme", "peaked", "flat")
 
 
 def random_inputs(shape: AttentionShape, kind: str = "random", seed: int = 0):

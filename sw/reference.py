@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..formats.expert_ffn import EXPERT_ACTIVATIONS
 from ..formats.router import ROUTER_MODES
 
 __all__ = ["ROUTER_MODES", "EXPERT_ACTIVATIONS", "MoESpec", "Expert", "MoELayer", "route_float"]
 
-EXPERT_ACTIVATIONS = ("swiglu", "gelu", "relu")
 
 
 @dataclass(frozen=True)

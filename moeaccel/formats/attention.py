@@ -11,7 +11,7 @@ from amaranth.lib import data
 from .numbers import MULT_BITS, SHIFT_BITS, SHIFT_MAX, count_bits
 from .rules import Fields, check_rules
 
-__all__ = ["AttentionShape", "group_keys", "ATTENTION_COUNTERS", "attention_command",
+__all__ = ["AttentionShape", "group_keys", "INPUT_KINDS", "ATTENTION_COUNTERS", "attention_command",
            "attention_word", "command_fields", "padded_shape", "rules", "check"]
 
 
@@ -60,6 +60,10 @@ def group_keys(shape: AttentionShape, first_row: int, rows: int) -> int:
     if not shape.causal:
         return shape.seq_kv
     return min(shape.seq_kv, shape.offset + first_row + rows)
+
+
+# The kinds of inputs `sw.attention.random_inputs` draws for tests and benchmarks.
+INPUT_KINDS = ("random", "extreme", "peaked", "flat")
 
 
 # Counters of one call (`perf`), cleared when a call starts.

@@ -12,10 +12,14 @@ from .numbers import MULT_BITS, SHIFT_BITS, SHIFT_MAX, count_bits, index_bits
 from .router import TOKEN_GATE
 from .rules import Fields, check_rules
 
-__all__ = ["EXPERT_FFN_COUNTERS", "weight_word", "weight_word_beats", "weight_word_bytes",
+__all__ = ["EXPERT_ACTIVATIONS", "EXPERT_FFN_COUNTERS", "weight_word", "weight_word_beats", "weight_word_bytes",
            "chunk_inputs", "pattern_bits", "mac_in", "mac_out", "ffn_tag", "ffn_command", "ffn_out",
            "act_write", "params_write", "gates_write", "pass_command", "weight_bytes", "rules",
            "check"]
+
+# The expert FFNs the engine runs: SwiGLU (gate and up fused in one pass), GELU and ReLU (the
+# activation table).
+EXPERT_ACTIVATIONS = ("swiglu", "gelu", "relu")
 
 # Counters of one pass (`perf`), cleared when a pass starts.
 EXPERT_FFN_COUNTERS = data.StructLayout({
