@@ -16,7 +16,7 @@ Formats are those of `moeaccel.isa` (docs/isa.md).
 Timing is a model (`instruction_cycles`): each queue runs its instructions in order; an instruction
 starts when its queue is free and the tokens it pops have been pushed, so a load can overlap the
 compute before it exactly as far as the tokens allow. LINEAR, ATTENTION and ROUTE take the cycles
-their units take in RTL simulation (`hw.ffn_engine.ffn_pass_cycles`,
+their units take in RTL simulation (`hw.expert_ffn.ffn_pass_cycles`,
 `sw.attention.attention_cycles`, `hw.router.router_cycles`, each equal to the measured counts);
 EXPERT_LOOP its experts' passes plus their descriptor and parameter transfers, less what
 ``prefetch`` overlaps (`expert_loop_cycles`); VECTOR and LOAD/STORE a set-up plus a word or beat a
@@ -34,7 +34,7 @@ import torch
 
 from .. import isa
 from ..config import AccelConfig
-from ..hw.ffn_engine import ffn_pass_cycles, weight_word_beats
+from ..hw.expert_ffn import ffn_pass_cycles, weight_word_beats
 from ..hw.router import router_cycles
 from ..isa import (Buffer, DecodeError, ErrorCode, Instruction, Opcode, Queue, VectorOp,
                    decode_one, split)
@@ -435,7 +435,7 @@ class Emulator:
     # -- the Expert-FFN engine -------------------------------------------------------------------
 
     def _check_pass(self, command: dict) -> None:
-        """What the engine refuses (`hw.ffn_engine.FFNEngine`), and rows beyond its buffers."""
+        """What the engine refuses (`hw.expert_ffn.FFNEngine`), and rows beyond its buffers."""
         config = self.config
         reasons = []
         if not 1 <= command["tokens"] <= config.max_tokens:

@@ -45,7 +45,7 @@ def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dens
                      activation: str = "swiglu", config_name: str = "pynq-z2",
                      seed: int = 0) -> dict:
     """Run one expert in RTL simulation; return the measured figures (see module doc)."""
-    from .hw.ffn_engine import FFNEngine
+    from .hw.expert_ffn import FFNEngine
 
     config = preset(config_name)
     pattern = SparsityPattern.parse(sparsity)
@@ -53,7 +53,7 @@ def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dens
     _check_shape(config, tokens, d_model, d_ff, pattern, activation)
     case = dict(kind="expert", activation=activation, pattern=str(pattern), tokens=tokens,
                 d_model=d_model, d_ff=d_ff, seed=seed, weight_idle=0.0, backpressure=0.0)
-    report = _simulate_case(FFNEngine(config), "ffn_engine", config.name, case,
+    report = _simulate_case(FFNEngine(config), "expert_ffn", config.name, case,
                             f"{activation} expert T={tokens} D={d_model} F={d_ff} {pattern}")
     return {
         "block": "expert-ffn", "config": config.name, "tokens": tokens, "d_model": d_model,
@@ -102,7 +102,7 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
     attention unit, its sequencer and a memory in Verilator; cycles against the ideal of
     ``MACs / lanes``, on-chip and DRAM bytes against their formulas, bit-exactness."""
     from .hw.attention import Attention, attention_state_bytes
-    from .sim.attention_testbed import WORD_RAM_VERILOG, AttentionTestbed
+    from .sim.designs.attention_testbed import WORD_RAM_VERILOG, AttentionTestbed
     from .sw import attention as sa
 
     config = preset(config_name)

@@ -1,4 +1,4 @@
-"""`hw.ffn_engine.ffn_pass_cycles`, the cycle formula of one Expert-FFN pass, against the engine's
+"""`hw.expert_ffn.ffn_pass_cycles`, the cycle formula of one Expert-FFN pass, against the engine's
 ``busy_cycles`` counter: pass by pass (weight passes, SwiGLU, accumulate, drain) in RTL simulation,
 and the measured benchmark figures."""
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from moeaccel.config import preset
-from moeaccel.hw.ffn_engine import ffn_pass_cycles
+from moeaccel.hw.expert_ffn import ffn_pass_cycles
 from moeaccel.sw.ffn import plan_pass
 
 
@@ -53,7 +53,7 @@ def _check_against_rtl(config_name, cases, tmp_path):
     """Run `cases` with no weight idles and no backpressure; every pass's busy_cycles must equal
     the formula on its command, each case's sum the sum, and an expert's sum the formula on the
     passes planned as the benchmark plans them."""
-    from .test_ffn_engine import run_engine
+    from .test_expert_ffn import run_engine
 
     config = preset(config_name)
     report_file = tmp_path / "report.json"
