@@ -101,7 +101,7 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
     """Run one attention call (``seq_q`` queries, default `seq`, against `seq` keys) through the
     attention unit, its sequencer and a memory in Verilator; cycles against the ideal of
     ``MACs / lanes``, on-chip and DRAM bytes against their formulas, bit-exactness."""
-    from .hw.attention import Attention, attention_state_bytes
+    from .hw.attention_sizing import attention_onchip_bytes, attention_state_bytes
     from .sim.designs.attention_testbed import WORD_RAM_VERILOG, AttentionTestbed
     from .sw import attention as sa
 
@@ -129,7 +129,7 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
         "utilization": round(ideal / report["busy_cycles"], 4),
         "model_cycles": model["total"], "macs": macs,
         "onchip_bytes": attention_state_bytes(config, shape),
-        "onchip_capacity_bytes": Attention.onchip_bytes(config),
+        "onchip_capacity_bytes": attention_onchip_bytes(config),
         "dram_bytes": (report["dram_reads"] + report["dram_writes"]) * word,
         "dram_bytes_formula": traffic["total"],
         "dram_formula": "Q once + (K + V) once per query group + O once: "

@@ -17,7 +17,8 @@ import torch
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, with_timeout
 
 from ...config import preset
-from ...hw.attention import ATTENTION_COUNTERS, command_fields, sequencer_command
+from ...hw.attention import ATTENTION_COUNTERS, command_fields
+from ...hw.attention_sequencer import sequencer_command
 from ...sw.attention import as_words, attention_cycles, attention_fixed, random_inputs
 from ..designs.attention_testbed import testbed_words
 from ..harness import check_cases, reset, tb_params
