@@ -33,8 +33,8 @@ def _epilogue(config):
     return Epilogue(config.epilogue_lanes)
 
 
-def _ffn_engine(config):
-    from ..hw.ffn_engine import FFNEngine
+def _expert_ffn(config):
+    from ..hw.expert_ffn import FFNEngine
     return FFNEngine(config)
 
 
@@ -43,7 +43,7 @@ def _attention(config):
     return Attention(config)
 
 
-BLOCKS = {"mac-array": _mac_array, "epilogue": _epilogue, "ffn-engine": _ffn_engine,
+BLOCKS = {"mac-array": _mac_array, "epilogue": _epilogue, "expert-ffn": _expert_ffn,
           "attention": _attention}
 
 

@@ -1,11 +1,25 @@
-"""Combinational pieces of the integer arithmetic of `sw.numerics`, shared by every datapath."""
+"""The integer arithmetic every datapath shares: the rounding, exp, sigmoid and reciprocal of
+`sw.numerics`, and a balanced adder tree."""
 
 from amaranth.hdl import Array, Cat, Const, Mux, Value, signed
 
 from ..sw import numerics as nx
 
 __all__ = ["round_shift", "round_shift_saturate", "exp_fixed", "sigmoid_fixed",
-           "reciprocal_step"]
+           "reciprocal_step", "tree_sum"]
+
+
+def tree_sum(terms) -> Value:
+    """The sum of `terms` as a balanced adder tree: neighbours added pairwise, level by level
+    (depth ``ceil(log2 n)``, not a chain of ``n - 1`` adders). Each adder is one bit wider than
+    its widest operand, so the sum is exact."""
+    terms = list(terms)
+    if not terms:
+        raise ValueError("tree_sum needs at least one term")
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
 def round_shift(value: Value, shift: int) -> Value:

@@ -28,12 +28,13 @@ from amaranth.lib.wiring import In, Out
 from ..config import AccelConfig
 from ..sw import attention as sa
 from ..sw import numerics as nx
-from .arith import exp_fixed, reciprocal_step, round_shift, round_shift_saturate
+from .arith import exp_fixed, reciprocal_step, round_shift, round_shift_saturate, tree_sum
+from .attention_sequencer import group_extent
+from .attention_sizing import RECIP_OUT_BITS, attention_widths
 from .layouts import attention_command, attention_word
+from .loops import Loop, LoopNest
 
-__all__ = ["Attention", "AttentionSequencer", "ATTENTION_COUNTERS", "attention_widths",
-           "attention_state_bytes", "command_fields",
-           "sequencer_command"]
+__all__ = ["Attention", "ATTENTION_COUNTERS", "command_fields"]
 
 ATTENTION_COUNTERS = data.StructLayout({
     "busy_cycles": unsigned(32),       # cycles with a call under way
@@ -43,38 +44,6 @@ ATTENTION_COUNTERS = data.StructLayout({
     "output_wait": unsigned(32),       # cycles an O word waited for the `out` stream
 })
 
-RECIP_OUT_BITS = nx.ATTENTION_RECIP_BITS - nx.GATE_FRAC_BITS + 1     # 2**40 // s for s >= 2**15
-
-
-def attention_widths(config: AccelConfig) -> dict:
-    """Register widths that hold every value `sw.attention` can produce within `config`'s limits."""
-    seq_bits = config.max_seq_len.bit_length()
-    padded_dim = config.attention_row_words * config.axi_data_bytes
-    return {
-        "score": 2 * 7 + padded_dim.bit_length() + 1,          # |q . k| <= dim * 2**14
-        "sum": nx.GATE_FRAC_BITS + seq_bits,                    # s <= keys * 2**15
-        "acc": nx.GATE_FRAC_BITS + 8 + seq_bits,                # |acc| <= keys * 2**15 * 128
-    }
-
-
-def _state_bits(config: AccelConfig) -> int:
-    """Softmax state and reciprocal of one (row, head)."""
-    widths = attention_widths(config)
-    return nx.ATTENTION_LOGIT_BITS + widths["sum"] + 2 * (nx.GATE_FRAC_BITS + 1) + RECIP_OUT_BITS
-
-
-def attention_state_bytes(config: AccelConfig, shape: "sa.AttentionShape") -> int:
-    """On-chip bytes a call occupies: per query row of the group, its Q words and accumulators and
-    its softmax state per head, and the partial scores of the query heads sharing a key head. It
-    depends on the group, the heads and the head size, never on the sequence length."""
-    widths = attention_widths(config)
-    words = shape.heads * shape.head_words(config.axi_data_bytes)
-    bits = config.attention_group * (words * config.axi_data_bytes * (8 + widths["acc"])
-                                     + shape.heads * _state_bits(config)
-                                     + shape.rep * widths["score"])
-    return -(-bits // 8)
-
-
 def command_fields(config: AccelConfig, shape: "sa.AttentionShape",
                    params: "sa.AttentionParams") -> dict:
     """The fields of `layouts.attention_command` for one call."""
@@ -83,16 +52,6 @@ def command_fields(config: AccelConfig, shape: "sa.AttentionShape",
             "causal": shape.causal, "score_mult": params.score_mult,
             "score_shift": params.score_shift, "out_mult": params.out_mult,
             "out_shift": params.out_shift}
-
-
-def group_extent(cmd, first_row, row0_position, group: int):
-    """Query rows of the group starting at `first_row`, and the keys it streams
-    (`sw.attention.group_keys`): all of them, or under the causal mask up to its last row's position
-    (`row0_position` is the key position of `first_row`)."""
-    remaining = cmd.seq_q - first_row
-    rows = Mux(remaining < group, remaining, group)
-    visible = row0_position + rows
-    return rows, Mux(cmd.causal & (visible < cmd.seq_kv), visible, cmd.seq_kv)
 
 
 class Attention(wiring.Component):
@@ -123,20 +82,6 @@ class Attention(wiring.Component):
             "error": Out(1),
             "perf": Out(ATTENTION_COUNTERS),
         })
-
-    @staticmethod
-    def onchip_bytes(config: AccelConfig) -> int:
-        """Bytes of the unit's memories and its wide registers (partial scores, pipeline, dividers),
-        for the configuration's limits; none of them is sized by a sequence length."""
-        group, word, row_words = config.attention_group, config.axi_data_bytes, config.attention_row_words
-        widths = attention_widths(config)
-        registers = (widths["score"] + nx.ATTENTION_LOGIT_BITS                   # S1 score, S2 logit
-                     + 2 * widths["sum"] + nx.ATTENTION_RECIP_BITS + 1)          # divider
-        bits = (group * row_words * word * (8 + widths["acc"])           # Q words, accumulators
-                + group * config.max_heads * _state_bits(config)       # softmax state
-                + group * config.max_heads * widths["score"]            # partial scores
-                + group * registers)
-        return -(-bits // 8)
 
     def elaborate(self, platform):
         m = Module()
@@ -185,6 +130,7 @@ class Attention(wiring.Component):
         row0_position = Signal(seq_bits + 1)           # key position of the group's first row
         keys = Signal(seq_bits)                        # keys this group streams
         key = Signal(seq_bits)
+        every_key = LoopNest(Loop(key, keys), at_end="count")
 
         # stream position within a K or V row: key head, word within the head, query head of the
         # key head (grouped-query attention)
@@ -196,24 +142,21 @@ class Attention(wiring.Component):
         address = Signal(range(row_words))
         m.d.comb += [head.eq(head_base + rep_index),
                      address.eq(head * cmd.head_words + word_index)]
-        last_rep = rep_index == cmd.rep - 1
-        last_word = word_index == cmd.head_words - 1
-        last_kv_head = kv_head == cmd.kv_heads - 1
+        # a K or V row: key heads, their words, each word held for the `rep` query heads
+        row_walk = LoopNest(Loop(kv_head, cmd.kv_heads), Loop(word_index, cmd.head_words),
+                            Loop(rep_index, cmd.rep), at_end="count")
+        last_rep = row_walk.last(rep_index)
+        last_word = row_walk.last(word_index)
 
         def restart_row():
-            m.d.sync += [kv_head.eq(0), head_base.eq(0), word_index.eq(0), rep_index.eq(0)]
+            row_walk.restart(m)
+            m.d.sync += head_base.eq(0)
 
         def step_row():
             """Advance over the words of a K or V row; each word is held for `rep` cycles."""
-            with m.If(last_rep):
-                m.d.sync += rep_index.eq(0)
-                with m.If(last_word):
-                    m.d.sync += [word_index.eq(0), kv_head.eq(kv_head + 1),
-                                 head_base.eq(head_base + cmd.rep)]
-                with m.Else():
-                    m.d.sync += word_index.eq(word_index + 1)
-            with m.Else():
-                m.d.sync += rep_index.eq(rep_index + 1)
+            row_walk.step(m)
+            with m.If(row_walk.wraps(word_index)):
+                m.d.sync += head_base.eq(head_base + cmd.rep)
 
         # -- stage A -> B registers of the K and V pipelines
         a_valid = Signal()
@@ -255,7 +198,7 @@ class Attention(wiring.Component):
         # stage B of a K word: G dot products of W lanes into the partial score of (row, head)
         with m.If(a_valid & ~a_values):
             for g in range(group):
-                dot = sum(products[g])
+                dot = tree_sum(products[g])
                 score = Signal(signed(widths["score"]), name=f"score{g}")
                 m.d.comb += score.eq(Mux(a_first, 0, partial[g][a_rep]) + dot)
                 with m.If(a_last):
@@ -273,7 +216,7 @@ class Attention(wiring.Component):
             m.d.sync += [s2_valid.eq(1), s2_head.eq(s1_head)]
 
         # S2: running maximum, one exp, running sum; r and p of this key kept for the V row
-        first_key = key == 0
+        first_key = every_key.first(key)
         with m.If(s2_valid):
             m.d.comb += [state_write.addr.eq(s2_head), state_write.en.eq(1)]
             for g in range(group):
@@ -317,12 +260,18 @@ class Attention(wiring.Component):
         remainder = [Signal(widths["sum"], name=f"remainder{g}") for g in range(group)]
         quotient = [Signal(nx.ATTENTION_RECIP_BITS + 1, name=f"quotient{g}") for g in range(group)]
         step = Signal(range(nx.ATTENTION_RECIP_BITS + 2))
+        divide_steps = LoopNest(Loop(step, nx.ATTENTION_RECIP_BITS + 1), at_end="count")
 
         # -- drain: read the accumulators a word a cycle, normalise and requantise into `out`
         drain_row = Signal(range(group))
         drain_address = Signal(range(row_words))
         drain_word = Signal(range(row_words))          # word within the head
         drain_head = Signal(range(max_heads))
+        # the group's output rows word by word, and each word's place: its head, its word there
+        drain_rows = LoopNest(Loop(drain_row, rows), Loop(drain_address, row_q), at_end="count")
+        drain_words = LoopNest(Loop(drain_head, heads), Loop(drain_word, cmd.head_words),
+                               at_end="count")
+        every_head = LoopNest(Loop(drain_head, heads))  # the reciprocals, a head at a time
         issued = Signal()                              # every word of the group has been read
         pending = Signal()                             # a word read last cycle, now at the ports
         pending_row = Signal.like(drain_row)
@@ -350,6 +299,7 @@ class Attention(wiring.Component):
 
         q_row = Signal(range(group))
         q_address = Signal(range(row_words))
+        q_words = LoopNest(Loop(q_row, rows), Loop(q_address, row_q), at_end="count")
 
         with m.FSM():
             with m.State("IDLE"):
@@ -373,8 +323,9 @@ class Attention(wiring.Component):
 
             with m.State("GROUP"):
                 group_rows, group_keys = group_extent(cmd, first_row, row0_position, group)
-                m.d.sync += [rows.eq(group_rows), keys.eq(group_keys), q_row.eq(0),
-                             q_address.eq(0), key.eq(0)]
+                m.d.sync += [rows.eq(group_rows), keys.eq(group_keys)]
+                q_words.restart(m)
+                every_key.restart(m)
                 m.next = "Q_WORDS"
 
             with m.State("Q_WORDS"):
@@ -383,13 +334,10 @@ class Attention(wiring.Component):
                     for g in range(group):
                         m.d.comb += [q_write[g].addr.eq(q_address), q_write[g].data.eq(self.data.payload.data),
                                      q_write[g].en.eq(q_row == g)]
-                    with m.If(q_address == row_q - 1):
-                        m.d.sync += [q_address.eq(0), q_row.eq(q_row + 1)]
-                        with m.If(q_row == rows - 1):
-                            restart_row()
-                            m.next = "K_ROW"
-                    with m.Else():
-                        m.d.sync += q_address.eq(q_address + 1)
+                    q_words.step(m)
+                    with m.If(q_words.done):
+                        restart_row()
+                        m.next = "K_ROW"
                 with m.Else():
                     m.d.sync += perf.input_wait.eq(perf.input_wait + 1)
 
@@ -397,10 +345,10 @@ class Attention(wiring.Component):
                 m.d.comb += self.data.ready.eq(last_rep)
                 with m.If(self.data.valid):
                     m.d.sync += [a_valid.eq(1), a_values.eq(values), a_word.eq(self.data.payload.data),
-                                 a_rep.eq(rep_index), a_first.eq(word_index == 0),
+                                 a_rep.eq(rep_index), a_first.eq(row_walk.first(word_index)),
                                  a_last.eq(last_word), a_head.eq(head), a_address.eq(address)]
                     step_row()
-                    with m.If(last_rep & last_word & last_kv_head):
+                    with m.If(row_walk.done):
                         then()
                 with m.Else():
                     m.d.sync += perf.input_wait.eq(perf.input_wait + 1)
@@ -420,8 +368,8 @@ class Attention(wiring.Component):
                 m.d.comb += state_read.addr.eq(head)
                 def v_done():
                     restart_row()
-                    m.d.sync += key.eq(key + 1)
-                    with m.If(key == keys - 1):
+                    every_key.step(m)
+                    with m.If(every_key.done):
                         m.d.sync += drain_head.eq(0)
                         m.next = "DIVIDE_READ"
                     with m.Else():
@@ -436,24 +384,26 @@ class Attention(wiring.Component):
                 for g in range(group):
                     m.d.sync += [divisor[g].eq(state_read.data[g].total), remainder[g].eq(0),
                                  quotient[g].eq(0)]
-                m.d.sync += step.eq(0)
+                divide_steps.restart(m)
                 m.next = "DIVIDE"
 
             with m.State("DIVIDE"):                    # 2**40 // sum, one bit a cycle
                 for g in range(group):
-                    reciprocal_step(m, step == 0, remainder[g], quotient[g], divisor[g])
-                m.d.sync += step.eq(step + 1)
-                with m.If(step == nx.ATTENTION_RECIP_BITS):
+                    reciprocal_step(m, divide_steps.first(step), remainder[g], quotient[g],
+                                    divisor[g])
+                divide_steps.step(m)
+                with m.If(divide_steps.done):
                     m.next = "DIVIDE_STORE"
 
             with m.State("DIVIDE_STORE"):
                 m.d.comb += [recip_write.addr.eq(drain_head), recip_write.en.eq(1)]
                 for g in range(group):
                     m.d.comb += recip_write.data[g].eq(quotient[g])
-                m.d.sync += drain_head.eq(drain_head + 1)
-                with m.If(drain_head == heads - 1):
-                    m.d.sync += [drain_row.eq(0), drain_address.eq(0), drain_word.eq(0),
-                                 drain_head.eq(0), issued.eq(0), pending.eq(0)]
+                every_head.step(m)
+                with m.If(every_head.done):
+                    drain_rows.restart(m)
+                    drain_words.restart(m)
+                    m.d.sync += [issued.eq(0), pending.eq(0)]
                     m.next = "DRAIN"
                 with m.Else():
                     m.next = "DIVIDE_READ"
@@ -467,17 +417,13 @@ class Attention(wiring.Component):
                                  self.out.valid.eq(pending),
                                  self.out.payload.eq(output_word(pending_row))]
                     with m.If(~issued):
-                        with m.If(drain_address == row_q - 1):
-                            m.d.sync += [drain_address.eq(0), drain_word.eq(0), drain_head.eq(0),
-                                         drain_row.eq(drain_row + 1)]
-                            with m.If(drain_row == rows - 1):
-                                m.d.sync += issued.eq(1)
+                        drain_rows.step(m)
+                        with m.If(drain_rows.last(drain_address)):
+                            drain_words.restart(m)      # the next row starts at head 0, word 0
                         with m.Else():
-                            m.d.sync += drain_address.eq(drain_address + 1)
-                            with m.If(drain_word == cmd.head_words - 1):
-                                m.d.sync += [drain_word.eq(0), drain_head.eq(drain_head + 1)]
-                            with m.Else():
-                                m.d.sync += drain_word.eq(drain_word + 1)
+                            drain_words.step(m)
+                        with m.If(drain_rows.done):
+                            m.d.sync += issued.eq(1)
                     with m.If(issued & ~pending):
                         m.d.sync += [first_row.eq(first_row + group),
                                      row0_position.eq(row0_position + group)]
@@ -486,151 +432,4 @@ class Attention(wiring.Component):
                             m.next = "IDLE"
                         with m.Else():
                             m.next = "GROUP"
-        return m
-
-
-def sequencer_command(config: AccelConfig, address_bits: int) -> data.StructLayout:
-    """An attention call for `AttentionSequencer`: the unit's command and the word addresses of the
-    Q, K, V and O row arrays (rows of ``heads`` or ``kv_heads`` x ``head_words`` words, packed)."""
-    address = unsigned(address_bits)
-    return data.StructLayout({"attention": attention_command(config), "q_base": address,
-                              "k_base": address, "v_base": address, "o_base": address})
-
-
-class AttentionSequencer(wiring.Component):
-    """Reads an attention call's words from memory in the unit's order and writes its output rows
-    back: per query group, the group's Q rows once, then each key's K row and V row once.
-
-    The attention side of the load and store queues: a word a cycle from a memory read port (one
-    cycle of latency), held while the unit holds it; output words written as they leave the unit.
-
-    Ports
-    -----
-    cmd : stream of `sequencer_command(config, address_bits)`; accepted when idle
-    words : stream of `layouts.attention_word(config)` into the unit's ``data``
-    results : stream of `layouts.attention_word(config)` from the unit's ``out``; always taken
-    read, write : the memory's read and write ports
-    abort : the unit refused the call (its ``error``): stop and go idle
-    busy : words remain to be read or written
-    reads, writes : words read from and written to the memory since the last call began
-    """
-
-    def __init__(self, config: AccelConfig, address_bits: int):
-        self.config = config
-        self.address_bits = address_bits
-        word = attention_word(config)
-        super().__init__({
-            "cmd": In(stream.Signature(sequencer_command(config, address_bits))),
-            "words": Out(stream.Signature(word)),
-            "results": In(stream.Signature(word)),
-            "read": In(memory.ReadPort.Signature(addr_width=address_bits, shape=word)),
-            "write": In(memory.WritePort.Signature(addr_width=address_bits, shape=word)),
-            "abort": In(1),
-            "busy": Out(1),
-            "reads": Out(32),
-            "writes": Out(32),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        config, group = self.config, self.config.attention_group
-        cmd = Signal(sequencer_command(self.config, self.address_bits))
-        call = cmd.attention
-        row_q = Signal(range(config.attention_row_words + 1))
-        row_kv = Signal.like(row_q)
-        seq_bits = config.max_seq_len.bit_length()
-        first_row = Signal(seq_bits)
-        row0_position = Signal(seq_bits + 1)
-        rows = Signal(range(group + 1))
-        keys = Signal(seq_bits)
-        key = Signal(seq_bits)
-        count = Signal(range(group * config.attention_row_words + 1))   # words left in this part
-        q_address, k_address, v_address, o_address = (
-            Signal(self.address_bits, name=name) for name in ("q_address", "k_address",
-                                                               "v_address", "o_address"))
-        address = Signal(self.address_bits)
-        issuing = Signal()
-        outputs_left = Signal(range(config.max_seq_len * config.attention_row_words + 1))
-
-        # reads: the read port's data register is the stream's payload, held (en low) until taken
-        advance = ~self.words.valid | self.words.ready
-        m.d.comb += [self.read.addr.eq(address), self.read.en.eq(advance),
-                     self.words.payload.eq(self.read.data)]
-        with m.If(advance):
-            m.d.sync += self.words.valid.eq(issuing)
-        with m.If(advance & issuing):
-            m.d.sync += self.reads.eq(self.reads + 1)
-
-        # writes: every output word to the next O address
-        m.d.comb += [self.results.ready.eq(1), self.write.addr.eq(o_address),
-                     self.write.data.eq(self.results.payload),
-                     self.write.en.eq(self.results.valid)]
-        with m.If(self.results.valid):
-            m.d.sync += [o_address.eq(o_address + 1), outputs_left.eq(outputs_left - 1),
-                         self.writes.eq(self.writes + 1)]
-            with m.If(outputs_left == 1):
-                m.d.sync += self.busy.eq(0)
-
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(~self.busy)
-                with m.If(self.cmd.valid & ~self.busy):
-                    c = self.cmd.payload
-                    heads = c.attention.kv_heads * c.attention.rep
-                    m.d.sync += [cmd.eq(c), row_q.eq(heads * c.attention.head_words),
-                                 row_kv.eq(c.attention.kv_heads * c.attention.head_words),
-                                 first_row.eq(0), q_address.eq(c.q_base), o_address.eq(c.o_base),
-                                 row0_position.eq(c.attention.seq_kv - c.attention.seq_q),
-                                 outputs_left.eq(c.attention.seq_q * heads * c.attention.head_words),
-                                 self.busy.eq(1), self.reads.eq(0), self.writes.eq(0)]
-                    m.next = "GROUP"
-
-            def stop_if_refused():
-                """The unit refused the call: no word will ever be taken."""
-                with m.If(self.abort):
-                    m.d.sync += [self.busy.eq(0), self.words.valid.eq(0)]
-                    m.next = "IDLE"
-
-            with m.State("GROUP"):
-                group_rows, group_keys = group_extent(call, first_row, row0_position, group)
-                m.d.sync += [rows.eq(group_rows), keys.eq(group_keys), key.eq(0),
-                             count.eq(group_rows * row_q), k_address.eq(cmd.k_base),
-                             v_address.eq(cmd.v_base)]
-                m.next = "Q"
-                stop_if_refused()
-
-            def part(pointer, then):
-                """Read `count` words from `pointer` on; then `then()`."""
-                m.d.comb += [address.eq(pointer), issuing.eq(~self.abort)]
-                with m.If(advance):
-                    m.d.sync += [pointer.eq(pointer + 1), count.eq(count - 1)]
-                    with m.If(count == 1):
-                        then()
-                stop_if_refused()
-
-            with m.State("Q"):
-                def q_done():
-                    m.d.sync += count.eq(row_kv)
-                    m.next = "K"
-                part(q_address, q_done)
-
-            with m.State("K"):
-                def k_done():
-                    m.d.sync += count.eq(row_kv)
-                    m.next = "V"
-                part(k_address, k_done)
-
-            with m.State("V"):
-                def v_done():
-                    m.d.sync += [count.eq(row_kv), key.eq(key + 1)]
-                    with m.If(key == keys - 1):
-                        m.d.sync += [first_row.eq(first_row + group),
-                                     row0_position.eq(row0_position + group)]
-                        with m.If(first_row + group >= call.seq_q):
-                            m.next = "IDLE"
-                        with m.Else():
-                            m.next = "GROUP"
-                    with m.Else():
-                        m.next = "K"
-                part(v_address, v_done)
         return m

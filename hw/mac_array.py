@@ -11,17 +11,10 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
+from .arith import tree_sum
 from .layouts import mac_in, mac_out, weight_word
 
 __all__ = ["MacArray"]
-
-
-def _tree_sum(terms: list):
-    """A balanced adder tree (depth log2 of the terms, not a chain)."""
-    while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
-                 for i in range(0, len(terms), 2)]
-    return terms[0]
 
 
 class MacArray(wiring.Component):
@@ -109,7 +102,7 @@ class MacArray(wiring.Component):
             row_sum = Signal(signed(sum_bits), name=f"sum_r{row}")
             accumulator = self.o.p.sums[row]
             with m.If(advance):
-                m.d.sync += row_sum.eq(_tree_sum(products))                    # stage 3
+                m.d.sync += row_sum.eq(tree_sum(products))                    # stage 3
                 with m.If(valid[2]):                                           # stage 4
                     with m.If(first[2]):
                         m.d.sync += accumulator.eq(row_sum)

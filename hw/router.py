@@ -19,9 +19,11 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..sw import numerics as nx
-from .arith import exp_fixed, reciprocal_step, round_shift, round_shift_saturate, sigmoid_fixed
+from .arith import (exp_fixed, reciprocal_step, round_shift, round_shift_saturate, sigmoid_fixed,
+                    tree_sum)
 from .layouts import (RouterMode, bias_write, dispatch_entry, router_command, router_logit,
                       router_token, router_weight_write)
+from .loops import Loop, LoopNest
 
 __all__ = ["Router", "DIVIDE_CYCLES", "router_cycles"]
 
@@ -173,6 +175,9 @@ class Router(wiring.Component):
         scanned_expert = Signal(range(experts))
         group_position = Signal(range(experts + 1))  # position inside the scanned expert's group
         group = Signal(range(config.max_groups + 1))
+        # the scanned expert's group and its place in it (the group count runs on past the last)
+        grouping = LoopNest(Loop(group, command.groups), Loop(group_position, command.group_size),
+                            at_end="count")
         top = _TopK(config.max_k, max(1, (experts - 1).bit_length()))
         groups = _TopK(config.max_groups, max(1, (config.max_groups - 1).bit_length()))
         group_best = [Signal(signed(KEY_BITS), name=f"group_best{n}") for n in range(2)]
@@ -225,6 +230,11 @@ class Router(wiring.Component):
         # -- the logits GEMM: read (1), multiply (2), add (3), accumulate (4), requantise (5)
         chunk_counter = Signal(range(row_words + 1))
         issuing = Signal()
+        every_expert = LoopNest(Loop(expert, command.experts))          # clearing, loading logits
+        token_chunks = LoopNest(Loop(chunk_counter, command.chunks))    # a token into the buffer
+        # each expert's dot product, a chunk a cycle; the expert count runs on past the last
+        dot_products = LoopNest(Loop(expert, command.experts), Loop(chunk_counter, command.chunks),
+                                at_end="count")
         gemm_valid = [Signal(name=f"gemm{n}_valid") for n in range(1, 5)]
         gemm_first = [Signal(name=f"gemm{n}_first") for n in range(1, 5)]
         gemm_last = [Signal(name=f"gemm{n}_last") for n in range(1, 5)]
@@ -246,11 +256,7 @@ class Router(wiring.Component):
         m.d.comb += [weights_read.en.eq(1), token_read.en.eq(1), params_read.en.eq(1)]
         for lane in range(lanes):
             m.d.sync += products[lane].eq(weights_read.data[lane] * token_read.data[lane])
-        terms = list(products)
-        while len(terms) > 1:
-            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
-                     for i in range(0, len(terms), 2)]
-        m.d.sync += row_sum.eq(terms[0])
+        m.d.sync += row_sum.eq(tree_sum(products))
         with m.If(gemm_valid[2]):
             m.d.sync += accumulator.eq(Mux(gemm_first[2], row_sum, accumulator + row_sum))
         multiplier, shift = gemm_params[2][:nx.MULT_BITS], gemm_params[2][nx.MULT_BITS:]
@@ -262,8 +268,8 @@ class Router(wiring.Component):
 
         def start_selection():
             """The token's logits are in: scan them."""
-            m.d.sync += [expert.eq(0), scanned.eq(0), group_position.eq(0), group.eq(0),
-                         group_found.eq(0), total.eq(0)]
+            m.d.sync += [expert.eq(0), scanned.eq(0), group_found.eq(0), total.eq(0)]
+            grouping.restart(m)
             top.clear(m)
             groups.clear(m)
             with m.If(grouped):
@@ -284,9 +290,8 @@ class Router(wiring.Component):
             with m.State("CLEAR"):                 # every expert's count to zero
                 m.d.comb += [count_write.addr.eq(expert), count_write.data.eq(0),
                              count_write.en.eq(1)]
-                m.d.sync += expert.eq(expert + 1)
-                with m.If(expert == command.experts - 1):
-                    m.d.sync += expert.eq(0)
+                every_expert.step(m)
+                with m.If(every_expert.done):
                     m.next = "LOAD"
                     with m.If(command.compute):
                         m.next = "TOKEN"
@@ -296,24 +301,21 @@ class Router(wiring.Component):
                              token_port.data.eq(self.tokens.p.data),
                              token_port.en.eq(self.tokens.valid)]
                 with m.If(self.tokens.valid):
-                    m.d.sync += chunk_counter.eq(chunk_counter + 1)
-                    with m.If(chunk_counter == command.chunks - 1):
-                        m.d.sync += [chunk_counter.eq(0), expert.eq(0), issuing.eq(1)]
+                    token_chunks.step(m)
+                    with m.If(token_chunks.done):
+                        m.d.sync += [expert.eq(0), issuing.eq(1)]
                         m.next = "LOGITS"
 
             with m.State("LOGITS"):                # one expert's dot product per chunks cycles
                 m.d.comb += [weights_read.addr.eq(expert * row_words + chunk_counter),
                              token_read.addr.eq(chunk_counter), params_read.addr.eq(expert)]
-                m.d.sync += [gemm_valid[0].eq(issuing), gemm_first[0].eq(chunk_counter == 0),
-                             gemm_last[0].eq(chunk_counter == command.chunks - 1),
+                m.d.sync += [gemm_valid[0].eq(issuing),
+                             gemm_first[0].eq(dot_products.first(chunk_counter)),
+                             gemm_last[0].eq(dot_products.last(chunk_counter)),
                              gemm_expert[0].eq(expert)]
-                with m.If(issuing):
-                    with m.If(chunk_counter == command.chunks - 1):
-                        m.d.sync += [chunk_counter.eq(0), expert.eq(expert + 1)]
-                        with m.If(expert == command.experts - 1):
-                            m.d.sync += issuing.eq(0)
-                    with m.Else():
-                        m.d.sync += chunk_counter.eq(chunk_counter + 1)
+                dot_products.step(m, issuing)
+                with m.If(issuing & dot_products.done):
+                    m.d.sync += issuing.eq(0)
                 with m.If(result_valid):
                     m.d.comb += [logit_write.addr.eq(result_expert), logit_write.data.eq(result),
                                  logit_write.en.eq(1)]
@@ -327,10 +329,10 @@ class Router(wiring.Component):
                              logit_write.data.eq(self.logits.p.value),
                              logit_write.en.eq(self.logits.valid)]
                 with m.If(self.logits.valid):
-                    m.d.sync += expert.eq(expert + 1)
-                    with m.If((expert == 0) | (self.logits.p.value > maximum)):
+                    every_expert.step(m)
+                    with m.If(every_expert.first(expert) | (self.logits.p.value > maximum)):
                         m.d.sync += maximum.eq(self.logits.p.value)
-                    with m.If(expert == command.experts - 1):
+                    with m.If(every_expert.done):
                         start_selection()
 
             with m.State("GROUPS"):                # each group's score: its two best keys
@@ -339,7 +341,6 @@ class Router(wiring.Component):
                 with m.Else():
                     m.d.sync += scanned.eq(0)
                 with m.If(scanned):
-                    last_in_group = group_position == command.group_size - 1
                     better = [~group_found[n] | (key > group_best[n]) for n in range(2)]
                     first, second = Signal(signed(KEY_BITS)), Signal(signed(KEY_BITS))
                     m.d.comb += [
@@ -349,17 +350,15 @@ class Router(wiring.Component):
                     ]
                     m.d.sync += [group_best[0].eq(first), group_best[1].eq(second),
                                  group_found.eq(Cat(1, group_found[0]))]
-                    with m.If(last_in_group):
-                        m.d.sync += [group_position.eq(0), group.eq(group + 1),
-                                     group_found.eq(0)]
+                    grouping.step(m)
+                    with m.If(grouping.last(group_position)):
+                        m.d.sync += group_found.eq(0)
                         for g in range(config.max_groups):
                             with m.If(group == g):
                                 m.d.sync += group_scores[g].eq(first + second)
-                        with m.If(group == command.groups - 1):
+                        with m.If(grouping.done):
                             m.d.sync += [expert.eq(0), step.eq(0)]
                             m.next = "PICK_GROUPS"
-                    with m.Else():
-                        m.d.sync += group_position.eq(group_position + 1)
 
             with m.State("PICK_GROUPS"):           # the best topk_groups groups
                 scores = group_scores[0]
@@ -373,8 +372,8 @@ class Router(wiring.Component):
                     for j in range(config.max_groups):
                         kept = kept | Mux(groups.valid[j], Const(1, config.max_groups)
                                           << groups.index[j], 0)
-                    m.d.sync += [group_kept.eq(kept), expert.eq(0), scanned.eq(0),
-                                 group_position.eq(0), group.eq(0)]
+                    m.d.sync += [group_kept.eq(kept), expert.eq(0), scanned.eq(0)]
+                    grouping.restart(m)
                     m.next = "SELECT"
 
             with m.State("SELECT"):                # top-k, and the softmax denominator over all
@@ -388,10 +387,7 @@ class Router(wiring.Component):
                     with m.If(group_kept.bit_select(group, 1)):
                         top.insert(m, key, scanned_expert, logit_read.data, command.k)
                     m.d.sync += total.eq(total + exp_value)
-                    with m.If(group_position == command.group_size - 1):
-                        m.d.sync += [group_position.eq(0), group.eq(group + 1)]
-                    with m.Else():
-                        m.d.sync += group_position.eq(group_position + 1)
+                    grouping.step(m)
                     with m.If(scanned_expert == command.experts - 1):
                         m.d.sync += step.eq(0)
                         with m.If((mode == RouterMode.SOFTMAX_TOPK) | (mode == RouterMode.TOP1)):

@@ -61,7 +61,7 @@ def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dens
                      activation: str = "swiglu", config_name: str = "pynq-z2",
                      seed: int = 0) -> dict:
     """Run one expert in RTL simulation; return the measured figures (see module doc)."""
-    from .hw.ffn_engine import FFNEngine
+    from .hw.expert_ffn import FFNEngine
 
     config = preset(config_name)
     pattern = SparsityPattern.parse(sparsity)
@@ -69,7 +69,7 @@ def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dens
     _check_shape(config, tokens, d_model, d_ff, pattern, activation)
     case = dict(kind="expert", activation=activation, pattern=str(pattern), tokens=tokens,
                 d_model=d_model, d_ff=d_ff, seed=seed, weight_idle=0.0, backpressure=0.0)
-    report = _simulate_case(FFNEngine(config), "ffn_engine", config.name, case,
+    report = _simulate_case(FFNEngine(config), "expert_ffn", config.name, case,
                             f"{activation} expert T={tokens} D={d_model} F={d_ff} {pattern}")
     return {
         "block": "expert-ffn", "config": config.name, "tokens": tokens, "d_model": d_model,
@@ -117,9 +117,9 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
     """Run one attention call (``seq_q`` queries, default `seq`, against `seq` keys) through the
     attention unit, its sequencer and a memory in Verilator; cycles against the ideal of
     ``MACs / lanes``, on-chip and DRAM bytes against their formulas, bit-exactness."""
-    from .hw.attention import Attention, attention_state_bytes
-    from .sim.attention_testbed import WORD_RAM_VERILOG, AttentionTestbed
     from .cycles import attention_cycles
+    from .hw.attention_sizing import attention_onchip_bytes, attention_state_bytes
+    from .sim.designs.attention_testbed import WORD_RAM_VERILOG, AttentionTestbed
     from .sw import attention as sa
 
     config = preset(config_name)
@@ -146,7 +146,7 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
         "utilization": round(ideal / report["busy_cycles"], 4),
         "model_cycles": model["total"], "macs": macs,
         "onchip_bytes": attention_state_bytes(config, shape),
-        "onchip_capacity_bytes": Attention.onchip_bytes(config),
+        "onchip_capacity_bytes": attention_onchip_bytes(config),
         "dram_bytes": (report["dram_reads"] + report["dram_writes"]) * word,
         "dram_bytes_formula": traffic["total"],
         "dram_formula": "Q once + (K + V) once per query group + O once: "

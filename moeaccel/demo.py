@@ -129,7 +129,7 @@ def moe_layer_in_rtl(out_dir: Path, model: str = "tiny-mixtral", tokens: int = 1
     """A bundled MoE layer through the Expert-FFN engine RTL: every routed expert's token queue
     (gathered), gate-weighted accumulation into the output rows, the final requantisation; the int8
     output compared with the integer golden model."""
-    from .hw.ffn_engine import FFNEngine
+    from .hw.expert_ffn import FFNEngine
     from .sim.harness import run_cocotb
 
     config = preset(config_name)
@@ -141,7 +141,7 @@ def moe_layer_in_rtl(out_dir: Path, model: str = "tiny-mixtral", tokens: int = 1
                 backpressure=0.0)
     print(f"  {model}: {tokens} tokens through the Expert-FFN engine ({config_name} preset, "
           f"{config.mac_rows}x{config.mac_cols} MAC array)")
-    run_cocotb(FFNEngine(config), toplevel="ffn_engine", test_module="moeaccel.sim.tb.ffn_engine",
+    run_cocotb(FFNEngine(config), toplevel="expert_ffn", test_module="moeaccel.sim.tb.expert_ffn",
                build_key=config_name, timeout_s=1200, log_file=job_dir / "sim.log",
                parameters={"config": config_name, "cases": [case], "report_file": str(report_file)})
     (report,) = json.loads(report_file.read_text())

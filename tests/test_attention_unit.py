@@ -149,7 +149,7 @@ def test_unit_refuses_a_bad_command(fields):
 
 
 def test_sequencer_stops_when_the_unit_refuses_the_call():
-    from moeaccel.hw.attention import AttentionSequencer, sequencer_command
+    from moeaccel.hw.attention_sequencer import AttentionSequencer, sequencer_command
     config = preset("tiny")
     dut = AttentionSequencer(config, 12)
     shape = AttentionShape(4, 8, 2, 2, 8)

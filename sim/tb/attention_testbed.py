@@ -1,4 +1,4 @@
-"""Whole attention calls in Verilator: `sim.attention_testbed.AttentionTestbed` (unit, sequencer and a
+"""Whole attention calls in Verilator: `sim.designs.attention_testbed.AttentionTestbed` (unit, sequencer and a
 memory standing for DRAM), checked bit for bit against `sw.attention.attention_fixed`.
 
 The testbench loads Q, K and V into the memory, starts the call and leaves the simulator to run it
@@ -17,10 +17,11 @@ import torch
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, with_timeout
 
 from ...config import preset
-from ...hw.attention import ATTENTION_COUNTERS, command_fields, sequencer_command
 from ...cycles import attention_cycles
+from ...hw.attention import ATTENTION_COUNTERS, command_fields
+from ...hw.attention_sequencer import sequencer_command
 from ...sw.attention import as_words, attention_fixed, random_inputs
-from ..attention_testbed import testbed_words
+from ..designs.attention_testbed import testbed_words
 from ..harness import check_cases, reset, tb_params
 from .attention import case_shape, describe
 

@@ -6,19 +6,27 @@ for each tile (``mac_rows`` output channels), for each token, the words of the b
 the array, one per cycle, and the finished row goes through the epilogue. A tile's weights are read
 from DRAM once per pass and reused for every token from the bank; while the array works on one bank,
 the next block fills the other.
+
+The engine is built stage by stage, each stage one method: the weight loader (a `WeightLoader`),
+issue (the tile/token/chunk counters reading a weight word and an activation window a cycle into
+the `MacArray`), drain (accumulator rows instead of the array, for a drain pass), the parameter
+fetch in front of the `Epilogue`, the SwiGLU stages behind it, the accumulation into the output
+rows, the writes into the other activation buffer, and the pass control.
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In, Out, flipped
 
 from ..config import AccelConfig
 from ..sw import numerics as nx
 from .arith import round_shift_saturate
 from .epilogue import Epilogue
 from .layouts import (CHANNEL_PARAMS, TABLE_WRITE, act_write, ffn_command, ffn_out, ffn_tag,
-                      gate_entry, gates_write, params_write, weight_word)
+                      gate_entry, gates_write, params_write)
+from .loops import Loop, LoopNest
 from .mac_array import MacArray
+from .weight_loader import WeightLoader, weight_word_beats
 
 __all__ = ["FFNEngine", "PERF_COUNTERS", "weight_word_beats", "ffn_pass_cycles"]
 
@@ -28,12 +36,6 @@ PERF_COUNTERS = data.StructLayout({
     "weight_wait": unsigned(32),       # cycles the array waited for a weight block to arrive
     "output_wait": unsigned(32),       # cycles a result row waited for the `o` stream
 })
-
-
-def weight_word_beats(config: AccelConfig, pattern) -> int:
-    """Bus beats of one packed weight word (each word is padded to whole beats)."""
-    bits = weight_word(config.mac_rows, config.mac_cols, pattern).size
-    return -(-bits // config.axi_data_width)
 
 
 def ffn_pass_cycles(config: AccelConfig, command: dict, *, weight_lead: int = 3,
@@ -62,6 +64,40 @@ def ffn_pass_cycles(config: AccelConfig, command: dict, *, weight_lead: int = 3,
     compute = tokens * chunks                                                         # P
     return (weight_lead + fill + (tiles - 1) * max(fill, compute) + compute
             + 12 + (1 if command["accumulate"] else 0))
+
+
+class _Pass:
+    """The signals more than one stage of the engine reads, declared before any stage is built."""
+
+    def __init__(self, config: AccelConfig, tag_layout: data.StructLayout):
+        self.command = Signal(ffn_command(config))    # the pass, held while busy
+        self.start = Signal()           # a legal command is taken: every stage restarts
+        self.issuing = Signal()         # words (or accumulator rows) remain to be issued
+        # issue
+        self.issue = Signal()           # a weight word and its window are read this cycle
+        self.front_advance = Signal()   # the two issue stages move
+        self.compute_bank = Signal()    # the weight bank the array reads
+        # drain
+        self.drain_valid = Signal()     # an accumulator row's read data is present
+        self.drain_tag = Signal(tag_layout)
+        self.drain_issue = Signal()     # an accumulator row is read (and cleared) this cycle
+        self.drain_address = Signal(range(config.out_buffer_words))
+        # parameter fetch
+        self.fetch_advance = Signal()   # the fetch stage takes a row
+        # the two SwiGLU/output stages behind the epilogue
+        rows, half = config.mac_rows, config.mac_rows // 2
+        self.out_valid = [Signal(name="combine1_valid"), Signal(name="combine2_valid")]
+        self.out_tag = [Signal(tag_layout, name="combine1_tag"),
+                        Signal(tag_layout, name="combine2_tag")]
+        self.plain = [Signal(data.ArrayLayout(signed(8), rows), name="combine1_plain"),
+                      Signal(data.ArrayLayout(signed(8), rows), name="combine2_plain")]
+        self.hidden = Signal(data.ArrayLayout(signed(8), half))   # silu(gate) x up, requantised
+        self.out_ready = Signal()       # the second stage's row can leave
+        self.out_advance = Signal()     # the two stages move
+        self.row_done = Signal()        # a row leaves the second stage
+        # accumulate
+        self.accumulate_valid = Signal()
+        self.accumulate_last = Signal()
 
 
 class FFNEngine(wiring.Component):
@@ -106,36 +142,54 @@ class FFNEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         config = self.config
-        rows, cols = config.mac_rows, config.mac_cols
-        word_bits, act_bits = config.weight_word_bits, config.act_word_bytes * 8
-        patterns = config.patterns
         tag_bits = self.tag_layout.size
-
         m.submodules.mac = mac = MacArray(config, tag_bits)
-        m.submodules.epilogue = epilogue = Epilogue(rows, tag_bits)
+        m.submodules.epilogue = epilogue = Epilogue(config.mac_rows, tag_bits)
+        m.submodules.weight_loader = loader = WeightLoader(config)
+        memories = self._memories(m)
+        run = _Pass(config, self.tag_layout)
 
-        command = Signal(ffn_command(config))
-        busy = self.busy
+        self._load_while_idle(m, run, memories, epilogue)
+        self._load_weights(m, run, memories, loader)
+        self._issue(m, run, memories, loader, mac)
+        self._drain(m, run)
+        self._fetch_parameters(m, run, memories, mac, epilogue)
+        self._combine(m, run, epilogue)
+        self._accumulate(m, run, memories, epilogue)
+        self._write_rows(m, run, memories)
+        self._control(m, run, loader)
+        return m
 
-        # -- memories
-        banks = []
+    def _memories(self, m) -> dict:
+        """The weight banks, the activation buffers, the epilogue parameters, the gate table and the
+        output accumulator; and the accumulator's ports, which drain and accumulate share."""
+        config, rows = self.config, self.config.mac_rows
+        memories = {"banks": [], "act_buffers": []}
         for n in range(2):
-            bank = memory.Memory(shape=unsigned(word_bits), depth=config.weight_bank_words, init=[])
+            bank = memory.Memory(shape=unsigned(config.weight_word_bits),
+                                 depth=config.weight_bank_words, init=[])
             m.submodules[f"weight_bank{n}"] = bank
-            banks.append(bank)
-        act_buffers = []
+            memories["banks"].append(bank)
         for n in range(2):
-            buffer = memory.Memory(shape=unsigned(act_bits), depth=config.act_buffer_words, init=[])
+            buffer = memory.Memory(shape=unsigned(config.act_word_bytes * 8),
+                                   depth=config.act_buffer_words, init=[])
             m.submodules[f"act_buffer{n}"] = buffer
-            act_buffers.append(buffer)
-        m.submodules.params = params = memory.Memory(
+            memories["act_buffers"].append(buffer)
+        m.submodules.params = memories["params"] = memory.Memory(
             shape=data.ArrayLayout(CHANNEL_PARAMS, rows), depth=config.max_tiles, init=[])
-        m.submodules.gates = gates = memory.Memory(
+        m.submodules.gates = memories["gates"] = memory.Memory(
             shape=gate_entry(config), depth=config.max_tokens, init=[])
         m.submodules.accumulator = accumulator = memory.Memory(
             shape=data.ArrayLayout(signed(32), rows), depth=config.out_buffer_words, init=[])
+        accumulator_read = accumulator.read_port()
+        accumulator_write = accumulator.write_port()
+        memories.update(accumulator_read=accumulator_read, accumulator_write=accumulator_write)
+        return memories
 
-        # -- loading while idle: commands, activations, parameters, the activation table
+    def _load_while_idle(self, m, run: _Pass, memories: dict, epilogue: Epilogue) -> None:
+        """Commands, activations, parameters, the activation table and the gate table are taken
+        while idle."""
+        busy = self.busy
         m.d.comb += [
             self.cmd.ready.eq(~busy),
             self.act_write.ready.eq(~busy),
@@ -145,83 +199,54 @@ class FFNEngine(wiring.Component):
             epilogue.table_write.valid.eq(self.table_write.valid & ~busy),
             epilogue.table_write.p.eq(self.table_write.p),
         ]
-        params_port = params.write_port()
+        params_port = memories["params"].write_port()
         m.d.comb += [
             params_port.addr.eq(self.params_write.p.tile),
             params_port.data.eq(self.params_write.p.params),
             params_port.en.eq(self.params_write.valid & ~busy),
         ]
-        gates_port = gates.write_port()
+        gates_port = memories["gates"].write_port()
         m.d.comb += [
             gates_port.addr.eq(self.gates_write.p.slot),
             gates_port.data.eq(self.gates_write.p.entry),
             gates_port.en.eq(self.gates_write.valid & ~busy),
         ]
 
-        # -- the weight loader: bus beats -> words -> blocks, alternating banks
-        beats_of = Array(Const(weight_word_beats(config, p), 8) for p in patterns)
-        max_beats = max(weight_word_beats(config, p) for p in patterns)
-        bus = config.axi_data_width
-        # Beats shift in from the top: after a word's n beats it sits in the top n beats.
-        assembly = Signal(max_beats * bus)
-        shifted = Signal(max_beats * bus)
-        beat = Signal(range(max_beats + 1))
-        fill_word = Signal(range(config.weight_bank_words + 1))
-        fill_bank = Signal()
-        blocks_loaded = Signal(range(config.max_tiles + 1))
-        full = Signal(2)
-        bank_writes = [bank.write_port() for bank in banks]
-        word_done = Signal()
-        block_done = Signal()
-        accepted = Signal()
-        words = Array(shifted[(max_beats - weight_word_beats(config, p)) * bus:][:word_bits]
-                      for p in patterns)
+    def _load_weights(self, m, run: _Pass, memories: dict, loader: WeightLoader) -> None:
+        """The weight beats go to the loader, which fills the banks (releases come from issue)."""
+        command = run.command
+        wiring.connect(m, flipped(self.weights), loader.beats)
+        for port, bank in zip(loader.bank_write, memories["banks"]):
+            wiring.connect(m, port, bank.write_port())
         m.d.comb += [
-            self.weights.ready.eq(busy & ~command.drain & (blocks_loaded < command.tiles)
-                                  & ~full.bit_select(fill_bank, 1)),
-            accepted.eq(self.weights.valid & self.weights.ready),
-            shifted.eq(Cat(assembly[bus:], self.weights.payload)),
-            word_done.eq(beat == beats_of[command.pattern] - 1),
-            block_done.eq(fill_word == command.chunks - 1),
+            loader.start.eq(run.start),
+            loader.active.eq(self.busy & ~command.drain),
+            loader.pattern.eq(command.pattern),
+            loader.chunks.eq(command.chunks),
+            loader.blocks.eq(command.tiles),
         ]
-        for n, port in enumerate(bank_writes):
-            m.d.comb += [
-                port.addr.eq(fill_word),
-                port.data.eq(words[command.pattern]),
-                port.en.eq(accepted & word_done & (fill_bank == n)),
-            ]
-        with m.If(accepted):
-            m.d.sync += assembly.eq(shifted)
-            with m.If(word_done):
-                m.d.sync += beat.eq(0)
-                with m.If(block_done):
-                    m.d.sync += [
-                        fill_word.eq(0),
-                        fill_bank.eq(~fill_bank),
-                        blocks_loaded.eq(blocks_loaded + 1),
-                    ]
-                with m.Else():
-                    m.d.sync += fill_word.eq(fill_word + 1)
-            with m.Else():
-                m.d.sync += beat.eq(beat + 1)
 
-        # -- issue: tile / token / chunk counters, and the reads of weights and activations
+    def _issue(self, m, run: _Pass, memories: dict, loader: WeightLoader, mac: MacArray) -> None:
+        """For each tile, each token, each chunk: read a weight word from the tile's bank and the
+        activation word holding the chunk's window (stage F1), then take the window out of it and
+        present both to the array (stage F2). A bank is released once its block's last word has
+        been read."""
+        config, command = self.config, run.command
+        patterns, cols = config.patterns, config.mac_cols
         tile = Signal(range(config.max_tiles))
         token = Signal(range(config.max_tokens))
         chunk = Signal(range(config.weight_bank_words))
-        compute_bank = Signal()
-        issuing = Signal()            # counters still have words to issue this pass
+        # the last tile holds: nothing is issued after it until the next pass restarts the nest
+        words = LoopNest(Loop(tile, command.tiles), Loop(token, command.tokens),
+                         Loop(chunk, command.chunks), at_end="hold")
+        compute_bank = run.compute_bank
         front_valid = Signal()        # stage F1: read data present
-        front_advance = Signal()      # stages F1 and F2 move together
-        issue = Signal()
+        front_advance, issue = run.front_advance, run.issue
         m.d.comb += [
             front_advance.eq(~mac.i.valid | mac.i.ready),
-            issue.eq(busy & ~command.drain & issuing & full.bit_select(compute_bank, 1)
-                     & front_advance),
+            issue.eq(self.busy & ~command.drain & run.issuing
+                     & loader.full.bit_select(compute_bank, 1) & front_advance),
         ]
-        last_chunk = chunk == command.chunks - 1
-        last_token = token == command.tokens - 1
-        last_tile = tile == command.tiles - 1
 
         # chunk -> activation word and the window's position in it, by pattern
         max_ratio = config.max_ratio
@@ -234,8 +259,8 @@ class FFNEngine(wiring.Component):
             act_word.eq(token * command.src_row_words + (chunk >> word_shift[command.pattern])),
             position.eq((chunk & (chunks_per_word[command.pattern] - 1)) * ratio[command.pattern]),
         ]
-        bank_reads = [bank.read_port() for bank in banks]
-        act_reads = [buffer.read_port() for buffer in act_buffers]
+        bank_reads = [bank.read_port() for bank in memories["banks"]]
+        act_reads = [buffer.read_port() for buffer in memories["act_buffers"]]
         for port in bank_reads:
             m.d.comb += [port.addr.eq(chunk), port.en.eq(front_advance)]
         for port in act_reads:
@@ -251,25 +276,20 @@ class FFNEngine(wiring.Component):
                 front_valid.eq(issue),
                 front_bank.eq(compute_bank),
                 front_position.eq(position),
-                front_first.eq(chunk == 0),
-                front_last.eq(last_chunk),
+                front_first.eq(words.first(chunk)),
+                front_last.eq(words.last(chunk)),
                 front_tag.token.eq(token),
                 front_tag.tile.eq(tile),
-                front_tag.last.eq(last_chunk & last_token & last_tile),
+                front_tag.last.eq(words.done),
             ]
-        with m.If(issue):
-            with m.If(last_chunk):
-                m.d.sync += chunk.eq(0)
-                with m.If(last_token):
-                    m.d.sync += [token.eq(0), compute_bank.eq(~compute_bank)]
-                    with m.If(last_tile):
-                        m.d.sync += issuing.eq(0)
-                    with m.Else():
-                        m.d.sync += tile.eq(tile + 1)
-                with m.Else():
-                    m.d.sync += token.eq(token + 1)
-            with m.Else():
-                m.d.sync += chunk.eq(chunk + 1)
+        words.step(m, issue)
+        with m.If(issue & words.wraps(token)):
+            m.d.sync += compute_bank.eq(~compute_bank)
+        with m.If(issue & words.done):
+            m.d.sync += run.issuing.eq(0)
+        with m.If(run.start):
+            words.restart(m)
+            m.d.sync += compute_bank.eq(0)
 
         # stage F2: the window taken out of the activation word, and the weight word, registered
         act_data = Mux(command.src, act_reads[1].data, act_reads[0].data)
@@ -287,64 +307,58 @@ class FFNEngine(wiring.Component):
         m.d.comb += [
             mac.i.valid.eq(window_valid),
             mac.i.p.pattern.eq(command.pattern),
+            loader.release.eq(Mux(issue & words.wraps(token), 1 << compute_bank, 0)),
         ]
 
-        # A block is released once its last word has been read.
-        release = Signal(2)
-        fill = Signal(2)
-        m.d.comb += [
-            release.eq(Mux(issue & last_chunk & last_token, 1 << compute_bank, 0)),
-            fill.eq(Mux(accepted & word_done & block_done, 1 << fill_bank, 0)),
-        ]
-        m.d.sync += full.eq((full & ~release) | fill)
-
-        # -- drain: accumulator rows in order, each read once and cleared
+    def _drain(self, m, run: _Pass) -> None:
+        """A drain pass: the accumulator rows in order (token by token, tile by tile), each read
+        once into the parameter fetch and cleared (the clearing write is in `_accumulate`)."""
+        config, command = self.config, run.command
         drain_row = Signal(range(config.max_tokens))
         drain_tile = Signal(range(config.max_tiles))
-        drain_valid = Signal()                  # read data present
-        drain_tag = Signal(self.tag_layout)
-        drain_issue = Signal()
-        fetch_advance = Signal()
-        drain_address = Signal(range(config.out_buffer_words))
+        rows = LoopNest(Loop(drain_row, command.tokens), Loop(drain_tile, command.tiles),
+                        at_end="count")
+        taken = ~run.drain_valid | run.fetch_advance       # the read data moves on
         m.d.comb += [
-            drain_address.eq(drain_row * command.tiles + drain_tile),
-            drain_issue.eq(busy & command.drain & issuing & (~drain_valid | fetch_advance)),
+            run.drain_address.eq(drain_row * command.tiles + drain_tile),
+            run.drain_issue.eq(self.busy & command.drain & run.issuing & taken),
         ]
-        accumulator_read = accumulator.read_port()
-        accumulator_write = accumulator.write_port()
-        with m.If(~drain_valid | fetch_advance):
+        with m.If(taken):
             m.d.sync += [
-                drain_valid.eq(drain_issue),
-                drain_tag.token.eq(drain_row),
-                drain_tag.tile.eq(drain_tile),
-                drain_tag.last.eq((drain_row == command.tokens - 1)
-                                  & (drain_tile == command.tiles - 1)),
+                run.drain_valid.eq(run.drain_issue),
+                run.drain_tag.token.eq(drain_row),
+                run.drain_tag.tile.eq(drain_tile),
+                run.drain_tag.last.eq(rows.done),
             ]
-        with m.If(drain_issue):
-            with m.If(drain_tile == command.tiles - 1):
-                m.d.sync += [drain_tile.eq(0), drain_row.eq(drain_row + 1)]
-                with m.If(drain_row == command.tokens - 1):
-                    m.d.sync += issuing.eq(0)
-            with m.Else():
-                m.d.sync += drain_tile.eq(drain_tile + 1)
+        rows.step(m, run.drain_issue)
+        with m.If(run.drain_issue & rows.done):
+            m.d.sync += run.issuing.eq(0)
+        with m.If(run.start):
+            rows.restart(m)
 
-        # -- parameter fetch: the row's tile selects its channels' parameters
+    def _fetch_parameters(self, m, run: _Pass, memories: dict, mac: MacArray,
+                          epilogue: Epilogue) -> None:
+        """A row from the array (or, draining, from the accumulator) is registered while its tile's
+        channel parameters are read, then enters the epilogue."""
+        command, rows = run.command, self.config.mac_rows
         fetch_valid = Signal()
         fetch_sums = Signal.like(mac.o.p.sums)
         fetch_tag = Signal(self.tag_layout)
-        params_read = params.read_port()
+        params_read = memories["params"].read_port()
         incoming_tag = Signal(self.tag_layout)
+        fetch_advance = run.fetch_advance
         m.d.comb += [
             fetch_advance.eq(~fetch_valid | epilogue.i.ready),
             mac.o.ready.eq(fetch_advance),
-            incoming_tag.eq(Mux(command.drain, drain_tag, mac.o.p.tag)),
+            incoming_tag.eq(Mux(command.drain, run.drain_tag, mac.o.p.tag)),
             params_read.addr.eq(incoming_tag.tile),
             params_read.en.eq(fetch_advance),
         ]
         with m.If(fetch_advance):
             m.d.sync += [
-                fetch_valid.eq(Mux(command.drain, drain_valid, mac.o.valid)),
-                fetch_sums.eq(Mux(command.drain, accumulator_read.data, mac.o.p.sums)),
+                fetch_valid.eq(Mux(command.drain, run.drain_valid, mac.o.valid)),
+                fetch_sums.eq(Mux(command.drain, memories["accumulator_read"].data,
+                                  mac.o.p.sums)),
                 fetch_tag.eq(incoming_tag),
             ]
         m.d.comb += [epilogue.i.valid.eq(fetch_valid), epilogue.i.p.tag.eq(fetch_tag)]
@@ -357,23 +371,20 @@ class FFNEngine(wiring.Component):
                     command.activation & (~command.swiglu | gate_lane) & ~command.drain),
             ]
 
-        # -- SwiGLU: silu(gate) * up, then requantised (two stages); plain rows pass through
-        half = rows // 2
-        out_valid = [Signal(name="combine1_valid"), Signal(name="combine2_valid")]
-        out_tag = [Signal(self.tag_layout, name="combine1_tag"),
-                   Signal(self.tag_layout, name="combine2_tag")]
-        plain = [Signal(data.ArrayLayout(signed(8), rows), name="combine1_plain"),
-                 Signal(data.ArrayLayout(signed(8), rows), name="combine2_plain")]
+    def _combine(self, m, run: _Pass, epilogue: Epilogue) -> None:
+        """SwiGLU behind the epilogue: silu(gate) x up (stage 1), requantised (stage 2); plain rows
+        pass through the same two stages. Rows leave on `o` unless the pass writes them to a buffer
+        or accumulates them."""
+        command = run.command
+        rows, half = self.config.mac_rows, self.config.mac_rows // 2
+        out_valid, out_tag, plain, hidden = run.out_valid, run.out_tag, run.plain, run.hidden
         products = Signal(data.ArrayLayout(signed(16), half))
-        hidden = Signal(data.ArrayLayout(signed(8), half))
-        out_ready = Signal()
-        out_advance = Signal()
         m.d.comb += [
-            out_ready.eq(command.to_buffer | command.accumulate | self.o.ready),
-            out_advance.eq(~out_valid[1] | out_ready),
-            epilogue.o.ready.eq(out_advance),
+            run.out_ready.eq(command.to_buffer | command.accumulate | self.o.ready),
+            run.out_advance.eq(~out_valid[1] | run.out_ready),
+            epilogue.o.ready.eq(run.out_advance),
         ]
-        with m.If(out_advance):
+        with m.If(run.out_advance):
             m.d.sync += [
                 out_valid[0].eq(epilogue.o.valid), out_valid[1].eq(out_valid[0]),
                 out_tag[0].eq(epilogue.o.p.tag), out_tag[1].eq(out_tag[0]),
@@ -395,60 +406,71 @@ class FFNEngine(wiring.Component):
             self.o.valid.eq(out_valid[1] & ~command.to_buffer & ~command.accumulate),
             self.o.p.values.eq(values),
             self.o.p.tag.eq(out_tag[1]),
+            run.row_done.eq(out_valid[1] & run.out_ready),
         ]
-        row_done = out_valid[1] & out_ready
 
-        # -- accumulate: gate x row added into the token's accumulator row (stages 2 and 3)
-        gates_read = gates.read_port()
+    def _accumulate(self, m, run: _Pass, memories: dict, epilogue: Epilogue) -> None:
+        """An accumulating pass adds gate x row into its token's accumulator row: the gate entry is
+        read as the row enters the SwiGLU stages, the accumulator row as it enters the second, and
+        the sum is written one cycle after it leaves. The accumulator's ports serve the drain
+        (read, then clear) during a drain pass."""
+        config, command, rows = self.config, run.command, self.config.mac_rows
+        accumulator_read = memories["accumulator_read"]
+        accumulator_write = memories["accumulator_write"]
+        gates_read = memories["gates"].read_port()
         gate2 = Signal(nx.GATE_FRAC_BITS + 1)
-        accumulate_valid = Signal()
-        accumulate_last = Signal()
         accumulate_address = Signal(range(config.out_buffer_words))
         accumulate_sums = Signal(data.ArrayLayout(signed(32), rows))
         read_address = Signal(range(config.out_buffer_words))
         m.d.comb += [
             gates_read.addr.eq(data.View(self.tag_layout, epilogue.o.p.tag).token),
-            gates_read.en.eq(out_advance),
-            read_address.eq(gates_read.data.row * command.tiles + out_tag[0].tile),
-            accumulator_read.addr.eq(Mux(command.drain, drain_address, read_address)),
-            accumulator_read.en.eq(Mux(command.drain, drain_issue, out_advance)),
+            gates_read.en.eq(run.out_advance),
+            read_address.eq(gates_read.data.row * command.tiles + run.out_tag[0].tile),
+            accumulator_read.addr.eq(Mux(command.drain, run.drain_address, read_address)),
+            accumulator_read.en.eq(Mux(command.drain, run.drain_issue, run.out_advance)),
         ]
         address2 = Signal(range(config.out_buffer_words))
-        with m.If(out_advance):
+        with m.If(run.out_advance):
             m.d.sync += [gate2.eq(gates_read.data.gate), address2.eq(read_address)]
         m.d.sync += [
-            accumulate_valid.eq(out_valid[1] & command.accumulate),
-            accumulate_last.eq(out_tag[1].last),
+            run.accumulate_valid.eq(run.out_valid[1] & command.accumulate),
+            run.accumulate_last.eq(run.out_tag[1].last),
             accumulate_address.eq(address2),
         ]
         for lane in range(rows):
             m.d.sync += accumulate_sums[lane].eq(accumulator_read.data[lane]
-                                                 + gate2 * plain[1][lane])
+                                                 + gate2 * run.plain[1][lane])
         m.d.comb += [
-            accumulator_write.addr.eq(Mux(command.drain, drain_address, accumulate_address)),
+            accumulator_write.addr.eq(Mux(command.drain, run.drain_address, accumulate_address)),
             accumulator_write.data.eq(Mux(command.drain, 0, accumulate_sums)),
-            accumulator_write.en.eq(Mux(command.drain, drain_issue, busy & accumulate_valid)),
+            accumulator_write.en.eq(Mux(command.drain, run.drain_issue,
+                                        self.busy & run.accumulate_valid)),
         ]
 
-        # -- rows into the other activation buffer, or external writes while idle
+    def _write_rows(self, m, run: _Pass, memories: dict) -> None:
+        """A pass into the other activation buffer writes each row at its token's word and its
+        channels' byte offset; while idle the buffers take `act_write`."""
+        config, command = self.config, run.command
+        rows, half = config.mac_rows, config.mac_rows // 2
         word_bytes = config.act_word_bytes
+        out_tag = run.out_tag[1]
         per_tile = Mux(command.swiglu, half, rows)
         channel = Signal(range(config.max_tiles * rows))
-        m.d.comb += channel.eq(out_tag[1].tile * per_tile)
+        m.d.comb += channel.eq(out_tag.tile * per_tile)
         byte_offset = channel[:word_bytes.bit_length() - 1]
         row_mask = Mux(command.swiglu, (1 << half) - 1, (1 << rows) - 1)
         # The row, repeated across the word: the byte enables pick the copy at its offset.
-        repeated = Mux(command.swiglu, Cat([hidden] * (word_bytes // half)),
-                       Cat([plain[1]] * (word_bytes // rows)))
-        act_ports = [buffer.write_port(granularity=8) for buffer in act_buffers]
+        repeated = Mux(command.swiglu, Cat([run.hidden] * (word_bytes // half)),
+                       Cat([run.plain[1]] * (word_bytes // rows)))
+        act_ports = [buffer.write_port(granularity=8) for buffer in memories["act_buffers"]]
         for n, port in enumerate(act_ports):
-            with m.If(busy):
+            with m.If(self.busy):
                 m.d.comb += [
-                    port.addr.eq(out_tag[1].token * command.dst_row_words
+                    port.addr.eq(out_tag.token * command.dst_row_words
                                  + (channel >> (word_bytes.bit_length() - 1))),
                     port.data.eq(repeated),
                 ]
-                with m.If(command.to_buffer & row_done & (command.src != n)):
+                with m.If(command.to_buffer & run.row_done & (command.src != n)):
                     m.d.comb += port.en.eq(row_mask << byte_offset)
             with m.Else():
                 m.d.comb += [
@@ -458,7 +480,10 @@ class FFNEngine(wiring.Component):
                 with m.If(self.act_write.valid & (self.act_write.p.buffer == n)):
                     m.d.comb += port.en.eq(Const(-1, word_bytes))
 
-        # -- pass control and counters
+    def _control(self, m, run: _Pass, loader: WeightLoader) -> None:
+        """A command is checked and taken when idle; the pass ends with its last row (written out,
+        or accumulated); the performance counters."""
+        config, command, busy = self.config, run.command, self.busy
         request = self.cmd.p
         illegal = Signal()
         m.d.comb += illegal.eq(
@@ -467,30 +492,22 @@ class FFNEngine(wiring.Component):
             | (~request.drain & ((request.chunks == 0)
                                  | (request.chunks > config.weight_bank_words)))
             | (request.drain & (request.tokens * request.tiles > config.out_buffer_words))
-            | (request.pattern >= len(patterns)))
+            | (request.pattern >= len(config.patterns)))
+        m.d.comb += run.start.eq(~busy & self.cmd.valid & ~illegal)
         with m.If(~busy & self.cmd.valid):
             m.d.sync += self.error.eq(illegal)
-            with m.If(~illegal):
-                m.d.sync += [
-                    busy.eq(1),
-                    command.eq(request),
-                    issuing.eq(1),
-                    tile.eq(0), token.eq(0), chunk.eq(0),
-                    beat.eq(0), fill_word.eq(0), blocks_loaded.eq(0),
-                    fill_bank.eq(0), compute_bank.eq(0),
-                    drain_row.eq(0), drain_tile.eq(0),
-                    self.perf.eq(0),
-                ]
-        with m.If(busy & Mux(command.accumulate, accumulate_valid & accumulate_last,
-                             row_done & out_tag[1].last)):
+        with m.If(run.start):
+            m.d.sync += [busy.eq(1), command.eq(request), run.issuing.eq(1), self.perf.eq(0)]
+        with m.If(busy & Mux(command.accumulate, run.accumulate_valid & run.accumulate_last,
+                             run.row_done & run.out_tag[1].last)):
             m.d.sync += busy.eq(0)
         with m.If(busy):
             m.d.sync += self.perf.busy_cycles.eq(self.perf.busy_cycles + 1)
-            with m.If(issue):
+            with m.If(run.issue):
                 m.d.sync += self.perf.mac_cycles.eq(self.perf.mac_cycles + 1)
-            waiting = ~command.drain & issuing & front_advance & ~full.bit_select(compute_bank, 1)
+            waiting = (~command.drain & run.issuing & run.front_advance
+                       & ~loader.full.bit_select(run.compute_bank, 1))
             with m.If(waiting):
                 m.d.sync += self.perf.weight_wait.eq(self.perf.weight_wait + 1)
-            with m.If(out_valid[1] & ~out_ready):
+            with m.If(run.out_valid[1] & ~run.out_ready):
                 m.d.sync += self.perf.output_wait.eq(self.perf.output_wait + 1)
-        return m

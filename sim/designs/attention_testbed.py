@@ -14,9 +14,10 @@ from amaranth.hdl import ClockSignal, Instance, Module
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..config import AccelConfig
-from ..hw.attention import ATTENTION_COUNTERS, Attention, AttentionSequencer, sequencer_command
-from ..hw.layouts import attention_word
+from ...config import AccelConfig
+from ...hw.attention import ATTENTION_COUNTERS, Attention
+from ...hw.attention_sequencer import AttentionSequencer, sequencer_command
+from ...hw.layouts import attention_word
 
 __all__ = ["AttentionTestbed", "testbed_words", "WORD_RAM_VERILOG"]
 

@@ -53,7 +53,7 @@ def _check_against_rtl(config_name, cases, tmp_path):
     """Run `cases` with no weight idles and no backpressure; every pass's busy_cycles must equal
     the formula on its command, each case's sum the sum, and an expert's sum the formula on the
     passes planned as the benchmark plans them."""
-    from .test_ffn_engine import run_engine
+    from .test_expert_ffn import run_engine
 
     config = preset(config_name)
     report_file = tmp_path / "report.json"

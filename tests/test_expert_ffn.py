@@ -4,7 +4,7 @@ dense and every M:N pattern, under random weight idles and output backpressure."
 import pytest
 
 from moeaccel.config import preset
-from moeaccel.hw.ffn_engine import FFNEngine
+from moeaccel.hw.expert_ffn import FFNEngine
 from moeaccel.sim.harness import run_cocotb
 
 
@@ -19,8 +19,8 @@ def run_engine(config_name: str, cases: list[dict], report_file=None, timeout_s=
     parameters = {"config": config_name, "cases": cases}
     if report_file is not None:
         parameters["report_file"] = str(report_file)
-    return run_cocotb(FFNEngine(config), toplevel="ffn_engine",
-                      test_module="moeaccel.sim.tb.ffn_engine", build_key=config_name,
+    return run_cocotb(FFNEngine(config), toplevel="expert_ffn",
+                      test_module="moeaccel.sim.tb.expert_ffn", build_key=config_name,
                       parameters=parameters, timeout_s=timeout_s)
 
 

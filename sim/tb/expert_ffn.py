@@ -1,4 +1,4 @@
-"""cocotb regression of `hw.ffn_engine.FFNEngine` against the integer golden model.
+"""cocotb regression of `hw.expert_ffn.FFNEngine` against the integer golden model.
 
 Each case builds a float layer or expert from its seed, prunes it to the case's pattern, quantises it
 (`sw.quantized`), runs it through the engine pass by pass and compares every output value with the
@@ -20,7 +20,7 @@ import torch
 from cocotb.triggers import FallingEdge, RisingEdge
 
 from ...config import SparsityPattern, preset
-from ...hw.ffn_engine import PERF_COUNTERS
+from ...hw.expert_ffn import PERF_COUNTERS
 from ...hw.layouts import (TABLE_WRITE, act_write, ffn_command, ffn_out, gates_write,
                            params_write, pattern_bits)
 from ...compiler.plan import engine_work, expert_operands, pass_operands, plan_pass
