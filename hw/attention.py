@@ -26,48 +26,33 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
+from ..formats import attention as attention_formats
+from ..formats.attention import ATTENTION_COUNTERS, attention_command, attention_word
+from ..formats.rules import refused_by
 from ..sw import attention as sa
 from ..sw import numerics as nx
 from .arith import exp_fixed, reciprocal_step, round_shift, round_shift_saturate, tree_sum
 from .attention_sequencer import group_extent
 from .attention_sizing import RECIP_OUT_BITS, attention_widths
-from .layouts import attention_command, attention_word
 from .loops import Loop, LoopNest
 
-__all__ = ["Attention", "ATTENTION_COUNTERS", "command_fields"]
-
-ATTENTION_COUNTERS = data.StructLayout({
-    "busy_cycles": unsigned(32),       # cycles with a call under way
-    "words_in": unsigned(32),          # Q, K and V words taken
-    "words_out": unsigned(32),         # O words given
-    "input_wait": unsigned(32),        # cycles a phase that takes words found none
-    "output_wait": unsigned(32),       # cycles an O word waited for the `out` stream
-})
-
-def command_fields(config: AccelConfig, shape: "sa.AttentionShape",
-                   params: "sa.AttentionParams") -> dict:
-    """The fields of `layouts.attention_command` for one call."""
-    return {"seq_q": shape.seq_q, "seq_kv": shape.seq_kv, "kv_heads": shape.kv_heads,
-            "rep": shape.rep, "head_words": shape.head_words(config.axi_data_bytes),
-            "causal": shape.causal, "score_mult": params.score_mult,
-            "score_shift": params.score_shift, "out_mult": params.out_mult,
-            "out_shift": params.out_shift}
-
+__all__ = ["Attention"]
 
 class Attention(wiring.Component):
     """The attention unit of one `AccelConfig`.
 
     Ports
     -----
-    cmd : stream of `layouts.attention_command(config)`; accepted when idle, starts a call
-    data : stream of `layouts.attention_word(config)`: Q, K and V words in `sw.attention.stream_words`
-        order
-    out : stream of `layouts.attention_word(config)`: the output rows, in order, ``heads x
-        head_words`` words each
+    cmd : stream of `formats.attention.attention_command(config)`; accepted when idle, starts a
+        call
+    data : stream of `formats.attention.attention_word(config)`: Q, K and V words in
+        `sw.attention.stream_words` order
+    out : stream of `formats.attention.attention_word(config)`: the output rows, in order,
+        ``heads x head_words`` words each
     busy : a call is under way
-    error : the last command was refused (a zero count, more than the configuration holds, a causal
-        call with more queries than keys, a shift beyond 47)
-    perf : `ATTENTION_COUNTERS`, cleared when a call starts
+    error : the last command was refused (`formats.attention.check`: a zero count, more than the
+        configuration holds, a causal call with more queries than keys, a shift beyond 47)
+    perf : `formats.attention.ATTENTION_COUNTERS`, cleared when a call starts
     """
 
     def __init__(self, config: AccelConfig):
@@ -295,7 +280,7 @@ class Attention(wiring.Component):
         with m.If(self.out.valid & self.out.ready):
             m.d.sync += perf.words_out.eq(perf.words_out + 1)
         with m.If(self.out.valid & ~self.out.ready):
-            m.d.sync += perf.output_wait.eq(perf.output_wait + 1)
+            m.d.sync += perf.output_stall_cycles.eq(perf.output_stall_cycles + 1)
 
         q_row = Signal(range(group))
         q_address = Signal(range(row_words))
@@ -307,12 +292,7 @@ class Attention(wiring.Component):
                 with m.If(self.cmd.valid):
                     c = self.cmd.payload
                     total_heads = c.kv_heads * c.rep
-                    refused = ((c.seq_q == 0) | (c.seq_kv == 0) | (c.kv_heads == 0) | (c.rep == 0)
-                               | (c.head_words == 0) | (c.seq_q > config.max_seq_len)
-                               | (c.seq_kv > config.max_seq_len) | (total_heads > max_heads)
-                               | (total_heads * c.head_words > row_words)
-                               | (c.causal & (c.seq_q > c.seq_kv))
-                               | (c.score_shift > nx.SHIFT_MAX) | (c.out_shift > nx.SHIFT_MAX))
+                    refused = refused_by(attention_formats.rules(config, c))
                     m.d.sync += self.error.eq(refused)
                     with m.If(~refused):
                         m.d.sync += [cmd.eq(c), heads.eq(total_heads),
@@ -339,7 +319,7 @@ class Attention(wiring.Component):
                         restart_row()
                         m.next = "K_ROW"
                 with m.Else():
-                    m.d.sync += perf.input_wait.eq(perf.input_wait + 1)
+                    m.d.sync += perf.input_stall_cycles.eq(perf.input_stall_cycles + 1)
 
             def take_word(values: bool, then: str):
                 m.d.comb += self.data.ready.eq(last_rep)
@@ -351,7 +331,7 @@ class Attention(wiring.Component):
                     with m.If(row_walk.done):
                         then()
                 with m.Else():
-                    m.d.sync += perf.input_wait.eq(perf.input_wait + 1)
+                    m.d.sync += perf.input_stall_cycles.eq(perf.input_stall_cycles + 1)
 
             with m.State("K_ROW"):
                 def k_done():

@@ -9,7 +9,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
-from .layouts import attention_command, attention_word
+from ..formats.attention import attention_command, attention_word
 from .loops import Loop, LoopNest
 
 __all__ = ["AttentionSequencer", "sequencer_command", "group_extent"]
@@ -43,8 +43,8 @@ class AttentionSequencer(wiring.Component):
     Ports
     -----
     cmd : stream of `sequencer_command(config, address_bits)`; accepted when idle
-    words : stream of `layouts.attention_word(config)` into the unit's ``data``
-    results : stream of `layouts.attention_word(config)` from the unit's ``out``; always taken
+    words : stream of `formats.attention.attention_word(config)` into the unit's ``data``
+    results : stream of `formats.attention.attention_word(config)` from the unit's ``out``; always taken
     read, write : the memory's read and write ports
     abort : the unit refused the call (its ``error``): stop and go idle
     busy : words remain to be read or written

@@ -9,9 +9,10 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..cycles import EPILOGUE_LATENCY
+from ..formats.epilogue import TABLE_WRITE, epilogue_in, epilogue_out
 from ..sw import numerics as nx
 from .arith import round_shift_saturate
-from .layouts import TABLE_WRITE, epilogue_in, epilogue_out
 
 __all__ = ["Epilogue"]
 
@@ -29,12 +30,12 @@ class Epilogue(wiring.Component):
 
     Ports
     -----
-    i : stream of `layouts.epilogue_in(lanes, tag_bits)`
-    o : stream of `layouts.epilogue_out(lanes, tag_bits)`
-    table_write : stream of `layouts.TABLE_WRITE`, always ready
+    i : stream of `formats.epilogue.epilogue_in(lanes, tag_bits)`
+    o : stream of `formats.epilogue.epilogue_out(lanes, tag_bits)`
+    table_write : stream of `formats.epilogue.TABLE_WRITE`, always ready
     """
 
-    LATENCY = 3
+    LATENCY = EPILOGUE_LATENCY       # `moeaccel.cycles` builds the engine's formula on it
 
     def __init__(self, lanes: int, tag_bits: int = 0):
         if not isinstance(lanes, int) or lanes < 1:

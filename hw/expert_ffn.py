@@ -19,52 +19,20 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out, flipped
 
 from ..config import AccelConfig
+from ..formats import expert_ffn
+from ..formats.epilogue import CHANNEL_PARAMS, TABLE_WRITE
+from ..formats.expert_ffn import (EXPERT_FFN_COUNTERS, act_write, ffn_command, ffn_out, ffn_tag,
+                                  gates_write, params_write)
+from ..formats.router import TOKEN_GATE
+from ..formats.rules import refused_by
 from ..sw import numerics as nx
 from .arith import round_shift_saturate
 from .epilogue import Epilogue
-from .layouts import (CHANNEL_PARAMS, TABLE_WRITE, act_write, ffn_command, ffn_out, ffn_tag,
-                      gate_entry, gates_write, params_write)
 from .loops import Loop, LoopNest
 from .mac_array import MacArray
-from .weight_loader import WeightLoader, weight_word_beats
+from .weight_loader import WeightLoader
 
-__all__ = ["FFNEngine", "PERF_COUNTERS", "weight_word_beats", "ffn_pass_cycles"]
-
-PERF_COUNTERS = data.StructLayout({
-    "busy_cycles": unsigned(32),       # cycles with a pass under way
-    "mac_cycles": unsigned(32),        # cycles a weight word entered the array
-    "weight_wait": unsigned(32),       # cycles the array waited for a weight block to arrive
-    "output_wait": unsigned(32),       # cycles a result row waited for the `o` stream
-})
-
-
-def ffn_pass_cycles(config: AccelConfig, command: dict, *, weight_lead: int = 3,
-                    word_beats: int | None = None) -> int:
-    """Cycles of one pass (`layouts.ffn_command` fields): the ``busy_cycles`` counter, with weight
-    beats offered back to back from cycle ``weight_lead + 1`` of the pass (3: the testbench's source
-    starts after the command handshake) and the results never held back.
-
-    A weight pass: ``weight_lead``, then block 0 fills its bank (``L = chunks x beats`` cycles,
-    `weight_word_beats` beats a word), then each tile issues ``P = tokens x chunks`` words, one a
-    cycle, while the next block fills the other bank: a later tile starts when both the previous
-    tile is issued and its block is in, ``max(L, P)`` after the one before; then the last word's
-    way out (12: two issue stages, the array's 4, the parameter fetch, the epilogue's 3 and the two
-    SwiGLU/output stages), and 1 more when the rows are accumulated (the read-add-write into the
-    output accumulator). A drain pass has no weights: ``tokens x tiles`` accumulator rows read one a
-    cycle from the cycle after the command, then 7 (the read, the fetch, the epilogue's 3, the two
-    output stages). `word_beats` overrides the beats a weight word takes to arrive (1 when the words
-    come from the on-chip WEIGHT buffer instead of the bus)."""
-    tokens, tiles = command["tokens"], command["tiles"]
-    if command["drain"]:
-        return tokens * tiles + 7
-    chunks = command["chunks"]
-    beats = weight_word_beats(config, config.patterns[command["pattern"]]) \
-        if word_beats is None else word_beats
-    fill = chunks * beats                                                             # L
-    compute = tokens * chunks                                                         # P
-    return (weight_lead + fill + (tiles - 1) * max(fill, compute) + compute
-            + 12 + (1 if command["accumulate"] else 0))
-
+__all__ = ["FFNEngine"]
 
 class _Pass:
     """The signals more than one stage of the engine reads, declared before any stage is built."""
@@ -105,17 +73,18 @@ class FFNEngine(wiring.Component):
 
     Ports
     -----
-    cmd : stream of `layouts.ffn_command(config)`; accepted when idle, starts a pass
+    cmd : stream of `formats.expert_ffn.ffn_command(config)`; accepted when idle, starts a pass
     weights : stream of bus beats (``axi_data_width`` bits): the pass's weight blocks, packed by
         `sw.sparsity.pack`
-    o : stream of `layouts.ffn_out(config)`, the result rows (unless the pass writes them to a
+    o : stream of `formats.expert_ffn.ffn_out(config)`, the result rows (unless the pass writes them to a
         buffer)
     act_write, params_write, table_write, gates_write : fill the activation buffers, the
         per-channel epilogue parameters, the activation table and the gate table; accepted while
         idle
     busy : a pass is under way
-    error : the last command was refused (a count of zero, or more than the buffers hold)
-    perf : `PERF_COUNTERS`, cleared when a pass starts
+    error : the last command was refused (`formats.expert_ffn.check`: a count of zero, more than
+        the buffers hold, flags that do not go together)
+    perf : `formats.expert_ffn.EXPERT_FFN_COUNTERS`, cleared when a pass starts
     """
 
     def __init__(self, config: AccelConfig):
@@ -136,7 +105,7 @@ class FFNEngine(wiring.Component):
             "gates_write": In(stream.Signature(gates_write(config))),
             "busy": Out(1),
             "error": Out(1),
-            "perf": Out(PERF_COUNTERS),
+            "perf": Out(EXPERT_FFN_COUNTERS),
         })
 
     def elaborate(self, platform):
@@ -176,9 +145,10 @@ class FFNEngine(wiring.Component):
             m.submodules[f"act_buffer{n}"] = buffer
             memories["act_buffers"].append(buffer)
         m.submodules.params = memories["params"] = memory.Memory(
-            shape=data.ArrayLayout(CHANNEL_PARAMS, rows), depth=config.max_tiles, init=[])
+            shape=data.ArrayLayout(CHANNEL_PARAMS.onchip(config), rows), depth=config.max_tiles,
+            init=[])
         m.submodules.gates = memories["gates"] = memory.Memory(
-            shape=gate_entry(config), depth=config.max_tokens, init=[])
+            shape=TOKEN_GATE.onchip(config), depth=config.max_tokens, init=[])
         m.submodules.accumulator = accumulator = memory.Memory(
             shape=data.ArrayLayout(signed(32), rows), depth=config.out_buffer_words, init=[])
         accumulator_read = accumulator.read_port()
@@ -425,7 +395,7 @@ class FFNEngine(wiring.Component):
         m.d.comb += [
             gates_read.addr.eq(data.View(self.tag_layout, epilogue.o.p.tag).token),
             gates_read.en.eq(run.out_advance),
-            read_address.eq(gates_read.data.row * command.tiles + run.out_tag[0].tile),
+            read_address.eq(gates_read.data.token * command.tiles + run.out_tag[0].tile),
             accumulator_read.addr.eq(Mux(command.drain, run.drain_address, read_address)),
             accumulator_read.en.eq(Mux(command.drain, run.drain_issue, run.out_advance)),
         ]
@@ -486,13 +456,7 @@ class FFNEngine(wiring.Component):
         config, command, busy = self.config, run.command, self.busy
         request = self.cmd.p
         illegal = Signal()
-        m.d.comb += illegal.eq(
-            (request.tokens == 0) | (request.tokens > config.max_tokens)
-            | (request.tiles == 0) | (request.tiles > config.max_tiles)
-            | (~request.drain & ((request.chunks == 0)
-                                 | (request.chunks > config.weight_bank_words)))
-            | (request.drain & (request.tokens * request.tiles > config.out_buffer_words))
-            | (request.pattern >= len(config.patterns)))
+        m.d.comb += illegal.eq(refused_by(expert_ffn.rules(config, request)))
         m.d.comb += run.start.eq(~busy & self.cmd.valid & ~illegal)
         with m.If(~busy & self.cmd.valid):
             m.d.sync += self.error.eq(illegal)
@@ -508,6 +472,6 @@ class FFNEngine(wiring.Component):
             waiting = (~command.drain & run.issuing & run.front_advance
                        & ~loader.full.bit_select(run.compute_bank, 1))
             with m.If(waiting):
-                m.d.sync += self.perf.weight_wait.eq(self.perf.weight_wait + 1)
+                m.d.sync += self.perf.weight_stall_cycles.eq(self.perf.weight_stall_cycles + 1)
             with m.If(run.out_valid[1] & ~run.out_ready):
-                m.d.sync += self.perf.output_wait.eq(self.perf.output_wait + 1)
+                m.d.sync += self.perf.output_stall_cycles.eq(self.perf.output_stall_cycles + 1)

@@ -11,8 +11,9 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
+from ..cycles import MAC_ARRAY_LATENCY
+from ..formats.expert_ffn import mac_in, mac_out, weight_word
 from .arith import tree_sum
-from .layouts import mac_in, mac_out, weight_word
 
 __all__ = ["MacArray"]
 
@@ -25,11 +26,11 @@ class MacArray(wiring.Component):
 
     Ports
     -----
-    i : stream of `layouts.mac_in(config, tag_bits)`
-    o : stream of `layouts.mac_out(config, tag_bits)`
+    i : stream of `formats.expert_ffn.mac_in(config, tag_bits)`
+    o : stream of `formats.expert_ffn.mac_out(config, tag_bits)`
     """
 
-    LATENCY = 4
+    LATENCY = MAC_ARRAY_LATENCY      # `moeaccel.cycles` builds the engine's formula on it
 
     def __init__(self, config: AccelConfig, tag_bits: int = 0):
         if not isinstance(config, AccelConfig):

@@ -8,9 +8,10 @@ The logits either arrive on a stream, or come from the router's own GEMM: ``rout
 over the token and the loaded router weights (E x chunks cycles a token), each expert's dot product
 requantised to Q8 as `QuantizedRouter.logits_q8` does.
 
-Per token: load (E cycles, one logit each, or the GEMM), group scoring when selection is group-limited (E + G),
-selection and the softmax denominator (E), the selected weights' sum (k), the reciprocal (47), the
-gates and their dispatch (k + 1).
+Per token: load (E cycles, one logit each, or the GEMM), group scoring when selection is
+group-limited (E + G), selection and the softmax denominator (E), the selected weights' sum (k), the
+reciprocal (47), the gates and their dispatch (k + 1): `moeaccel.cycles.router_cycles`, equal to the
+``busy_cycles`` counter.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -18,33 +19,20 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
+from ..cycles import ROUTER_DIVIDE_CYCLES
+from ..formats import router as router_formats
+from ..formats.router import (DISPATCH_COUNT, LOGIT, LOGIT_REQUANT, ROUTER_COUNTERS, SELECTION_BIAS,
+                              TOKEN_GATE, RouterMode, bias_write, router_command, router_token,
+                              router_weight_write)
+from ..formats.rules import refused_by
 from ..sw import numerics as nx
 from .arith import (exp_fixed, reciprocal_step, round_shift, round_shift_saturate, sigmoid_fixed,
                     tree_sum)
-from .layouts import (RouterMode, bias_write, dispatch_entry, router_command, router_logit,
-                      router_token, router_weight_write)
 from .loops import Loop, LoopNest
 
-__all__ = ["Router", "DIVIDE_CYCLES", "router_cycles"]
+__all__ = ["Router"]
 
 KEY_BITS = 20                      # selection keys: Q8 logits, or Q15 score + Q15 bias
-DIVIDE_CYCLES = nx.ROUTER_RECIP_BITS + 1  # one quotient bit a cycle
-
-
-def router_cycles(command: dict) -> int:
-    """Cycles of one run (`layouts.router_command` fields), its inputs arriving a word a cycle:
-    the counts cleared (E), then per token its logits (E streamed in, or the token's chunks and the
-    GEMM's E x chunks + 5), group scores and choice when group-limited (E + 1 + G + 1), selection
-    (E + 1), the chosen weights' sum (k, in the two renormalising modes), the reciprocal (1 + 47)
-    and the gates (k + 1)."""
-    experts, k, chunks = command["experts"], command["k"], command["chunks"]
-    mode = RouterMode(command["mode"])
-    load = chunks + experts * chunks + 5 if command["compute"] else experts
-    grouped = mode is RouterMode.SIGMOID_BIAS and command["groups"] > 1
-    token = (load + (experts + 1 + command["groups"] + 1 if grouped else 0) + experts + 1
-             + (k if mode in (RouterMode.SOFTMAX_TOPK_RENORM, RouterMode.SIGMOID_BIAS) else 0)
-             + 1 + DIVIDE_CYCLES + k + 1)
-    return experts + command["tokens"] * token
 
 
 class _TopK:
@@ -81,16 +69,20 @@ class Router(wiring.Component):
 
     Ports
     -----
-    cmd : stream of `layouts.router_command(config)`; accepted when idle
-    logits : stream of `layouts.router_logit(config)`: each token's E logits in expert order
-    tokens : stream of `layouts.router_token(config)`: each token's activations (``compute`` runs)
-    weights_write : stream of `layouts.router_weight_write(config)`: router weights, while idle
-    bias_write : stream of `layouts.bias_write(config)`: sigmoid_bias selection biases, while idle
-    table_read : read port of the dispatch table, address ``expert * dispatch_capacity + slot``
+    cmd : stream of `formats.router.router_command(config)`; accepted when idle
+    logits : stream of `formats.router.LOGIT` (on chip): each token's E logits in expert order
+    tokens : stream of `formats.router.router_token(config)`: each token's activations
+        (``compute`` runs)
+    weights_write : stream of `formats.router.router_weight_write(config)`: router weights, while
+        idle
+    bias_write : stream of `formats.router.bias_write(config)`: sigmoid_bias selection biases,
+        while idle
+    table_read : read port of the dispatch table (`formats.router.TOKEN_GATE` entries), address
+        ``expert * dispatch_capacity + slot``
     count_read : read port of the per-expert token counts
-    busy, error : a run is under way; the last command was refused
-    overflow : tokens dropped because an expert's queue was full (this run)
-    cycles : cycles of this run
+    busy, error : a run is under way; the last command was refused (`formats.router.check`)
+    perf : `formats.router.ROUTER_COUNTERS` of this run: its cycles, and the choices dropped because
+        an expert's queue was full
     """
 
     def __init__(self, config: AccelConfig):
@@ -100,20 +92,19 @@ class Router(wiring.Component):
         capacity = config.dispatch_capacity
         super().__init__({
             "cmd": In(stream.Signature(router_command(config))),
-            "logits": In(stream.Signature(router_logit(config))),
+            "logits": In(stream.Signature(LOGIT.onchip(config))),
             "tokens": In(stream.Signature(router_token(config))),
             "weights_write": In(stream.Signature(router_weight_write(config))),
             "bias_write": In(stream.Signature(bias_write(config))),
             "table_read": Out(memory.ReadPort.Signature(
                 addr_width=(config.max_experts * capacity - 1).bit_length(),
-                shape=dispatch_entry(config))),
+                shape=TOKEN_GATE.onchip(config))),
             "count_read": Out(memory.ReadPort.Signature(
                 addr_width=max(1, (config.max_experts - 1).bit_length()),
-                shape=unsigned(capacity.bit_length()))),
+                shape=DISPATCH_COUNT.onchip_fields(config)["count"])),
             "busy": Out(1),
             "error": Out(1),
-            "overflow": Out(32),
-            "cycles": Out(32),
+            "perf": Out(ROUTER_COUNTERS),
         })
 
     def elaborate(self, platform):
@@ -129,16 +120,16 @@ class Router(wiring.Component):
         m.submodules.logit_buffer = logit_buffer = memory.Memory(
             shape=signed(16), depth=experts, init=[])
         m.submodules.bias = bias = memory.Memory(
-            shape=signed(nx.GATE_FRAC_BITS + 3), depth=experts, init=[])
+            shape=SELECTION_BIAS.onchip_fields(config)["bias"], depth=experts, init=[])
         m.submodules.counts = counts = memory.Memory(
-            shape=unsigned(capacity.bit_length()), depth=experts, init=[])
+            shape=DISPATCH_COUNT.onchip_fields(config)["count"], depth=experts, init=[])
         m.submodules.table = table = memory.Memory(
-            shape=dispatch_entry(config), depth=experts * capacity, init=[])
+            shape=TOKEN_GATE.onchip(config), depth=experts * capacity, init=[])
         lanes, row_words = config.router_lanes, config.router_chunks
         m.submodules.router_weights = router_weights = memory.Memory(
             shape=data.ArrayLayout(signed(8), lanes), depth=experts * row_words, init=[])
         m.submodules.logit_params = logit_params = memory.Memory(
-            shape=unsigned(nx.MULT_BITS + nx.SHIFT_BITS), depth=experts, init=[])
+            shape=LOGIT_REQUANT.onchip(config), depth=experts, init=[])
         m.submodules.token_buffer = token_buffer = memory.Memory(
             shape=data.ArrayLayout(signed(8), lanes), depth=row_words, init=[])
         weights_port, weights_read = router_weights.write_port(), router_weights.read_port()
@@ -165,7 +156,8 @@ class Router(wiring.Component):
             weights_port.data.eq(self.weights_write.p.data),
             weights_port.en.eq(self.weights_write.valid & ~busy),
             params_port.addr.eq(self.weights_write.p.expert),
-            params_port.data.eq(Cat(self.weights_write.p.multiplier, self.weights_write.p.shift)),
+            params_port.data.multiplier.eq(self.weights_write.p.multiplier),
+            params_port.data.shift.eq(self.weights_write.p.shift),
             params_port.en.eq(self.weights_write.valid & ~busy),
         ]
 
@@ -189,7 +181,7 @@ class Router(wiring.Component):
         total = Signal(nx.GATE_FRAC_BITS + 1 + (experts - 1).bit_length() + 1)
         quotient = Signal(nx.ROUTER_RECIP_BITS + 1)
         remainder = Signal(len(total) + 1)
-        step = Signal(range(max(config.max_k, config.max_groups, DIVIDE_CYCLES) + 2))
+        step = Signal(range(max(config.max_k, config.max_groups, ROUTER_DIVIDE_CYCLES) + 2))
 
         # Shared arithmetic: one exp and one sigmoid unit, inputs chosen by phase.
         exp_input = Signal(signed(17))
@@ -211,21 +203,10 @@ class Router(wiring.Component):
 
         request = self.cmd.p
         illegal = Signal()
-        m.d.comb += illegal.eq(
-            (request.tokens == 0) | (request.tokens > config.max_tokens)
-            | (request.experts == 0) | (request.experts > experts)
-            | (request.k == 0) | (request.k > request.experts) | (request.k > config.max_k)
-            | ((request.mode == RouterMode.TOP1) & (request.k != 1))
-            | (request.groups == 0) | (request.groups > config.max_groups)
-            | (request.compute & ((request.chunks == 0) | (request.chunks > row_words)))
-            | ((request.groups > 1) & ((request.mode != RouterMode.SIGMOID_BIAS)
-                                       | (request.group_size * request.groups != request.experts)
-                                       | (request.group_size < 2) | (request.topk_groups == 0)
-                                       | (request.topk_groups > request.groups)
-                                       | (request.k > request.topk_groups * request.group_size))))
+        m.d.comb += illegal.eq(refused_by(router_formats.rules(config, request)))
 
         with m.If(busy):
-            m.d.sync += self.cycles.eq(self.cycles + 1)
+            m.d.sync += self.perf.busy_cycles.eq(self.perf.busy_cycles + 1)
 
         # -- the logits GEMM: read (1), multiply (2), add (3), accumulate (4), requantise (5)
         chunk_counter = Signal(range(row_words + 1))
@@ -239,7 +220,7 @@ class Router(wiring.Component):
         gemm_first = [Signal(name=f"gemm{n}_first") for n in range(1, 5)]
         gemm_last = [Signal(name=f"gemm{n}_last") for n in range(1, 5)]
         gemm_expert = [Signal(range(experts), name=f"gemm{n}_expert") for n in range(1, 5)]
-        gemm_params = [Signal(nx.MULT_BITS + nx.SHIFT_BITS, name=f"gemm{n}_params")
+        gemm_params = [Signal(LOGIT_REQUANT.onchip(config), name=f"gemm{n}_params")
                        for n in range(2, 5)]
         products = [Signal(signed(16), name=f"gemm_product{lane}") for lane in range(lanes)]
         row_sum = Signal(signed(16 + lanes.bit_length()))
@@ -259,7 +240,7 @@ class Router(wiring.Component):
         m.d.sync += row_sum.eq(tree_sum(products))
         with m.If(gemm_valid[2]):
             m.d.sync += accumulator.eq(Mux(gemm_first[2], row_sum, accumulator + row_sum))
-        multiplier, shift = gemm_params[2][:nx.MULT_BITS], gemm_params[2][nx.MULT_BITS:]
+        multiplier, shift = gemm_params[2].multiplier, gemm_params[2].shift
         m.d.sync += [
             result_valid.eq(gemm_valid[3] & gemm_last[3]),
             result_expert.eq(gemm_expert[3]),
@@ -284,7 +265,7 @@ class Router(wiring.Component):
                     m.d.sync += self.error.eq(illegal)
                     with m.If(~illegal):
                         m.d.sync += [busy.eq(1), command.eq(request), token.eq(0), expert.eq(0),
-                                     self.overflow.eq(0), self.cycles.eq(0)]
+                                     self.perf.eq(0)]
                         m.next = "CLEAR"
 
             with m.State("CLEAR"):                 # every expert's count to zero
@@ -417,7 +398,7 @@ class Router(wiring.Component):
             with m.State("DIVIDE"):                # 2**46 // total, one quotient bit a cycle
                 reciprocal_step(m, step == 0, remainder, quotient, total)
                 m.d.sync += step.eq(step + 1)
-                with m.If(step == DIVIDE_CYCLES - 1):
+                with m.If(step == ROUTER_DIVIDE_CYCLES - 1):
                     m.d.sync += step.eq(0)
                     m.next = "GATES"
 
@@ -447,7 +428,7 @@ class Router(wiring.Component):
                             count_write.en.eq(1),
                         ]
                     with m.Else():
-                        m.d.sync += self.overflow.eq(self.overflow + 1)
+                        m.d.sync += self.perf.dropped_tokens.eq(self.perf.dropped_tokens + 1)
                 with m.If(step == command.k):
                     m.d.sync += [step.eq(0), expert.eq(0), token.eq(token + 1)]
                     with m.If(token == command.tokens - 1):

@@ -8,16 +8,10 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from ..config import AccelConfig
-from .layouts import ffn_command, weight_word
+from ..formats.expert_ffn import ffn_command, weight_word_beats
 from .loops import Loop, LoopNest
 
-__all__ = ["WeightLoader", "weight_word_beats"]
-
-
-def weight_word_beats(config: AccelConfig, pattern) -> int:
-    """Bus beats of one packed weight word (each word is padded to whole beats)."""
-    bits = weight_word(config.mac_rows, config.mac_cols, pattern).size
-    return -(-bits // config.axi_data_width)
+__all__ = ["WeightLoader"]
 
 
 class WeightLoader(wiring.Component):
@@ -39,7 +33,7 @@ class WeightLoader(wiring.Component):
     start : a pass begins: the next beat starts word 0 of block 0, in bank 0
     active : a pass that takes weights is under way
     pattern, chunks, blocks : the pass's sparsity pattern (an index into ``config.patterns``), its
-        words per block and its blocks (`layouts.ffn_command`'s ``pattern``, ``chunks`` and
+        words per block and its blocks (`formats.expert_ffn.ffn_command`'s ``pattern``, ``chunks`` and
         ``tiles``), held while `active`
     """
 

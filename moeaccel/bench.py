@@ -78,7 +78,7 @@ def bench_expert_ffn(tokens: int, d_model: int, d_ff: int, sparsity: str = "dens
         "utilization": round(report["ideal_cycles"] / report["busy_cycles"], 4),
         "macs": report["macs"], "mac_units": config.mac_units,
         "weight_bytes": report["weight_bytes"],
-        "weight_wait_cycles": report["weight_wait"], "output_wait_cycles": report["output_wait"],
+        "weight_stall_cycles": report["weight_stall_cycles"], "output_stall_cycles": report["output_stall_cycles"],
         "bit_exact": report["mismatches"] == 0,
     }
 
@@ -152,7 +152,7 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
         "dram_formula": "Q once + (K + V) once per query group + O once: "
                         f"{traffic['q']} + {traffic['kv']} + {traffic['o']}",
         "unit_words": report["words_in"] + report["words_out"],
-        "input_wait_cycles": report["input_wait"],
+        "input_stall_cycles": report["input_stall_cycles"],
         "bit_exact": not report["mismatches"],
     }
 
@@ -191,7 +191,7 @@ def sweep_table(rows: list[dict]) -> list[str]:
         lines.append(f"| {r['tokens']} | {r['d_model']} | {r['d_ff']} | {r['activation']} | "
                      f"{r['sparsity']} | {r['cycles']} | {r['ideal_cycles']} | "
                      f"{r['ideal_cycles'] / r['cycles']:.3f} | {speedup} | {r['weight_bytes']} | "
-                     f"{ratio} | {r['weight_wait_cycles']} |")
+                     f"{ratio} | {r['weight_stall_cycles']} |")
     return lines
 
 

@@ -150,7 +150,7 @@ def moe_layer_in_rtl(out_dir: Path, model: str = "tiny-mixtral", tokens: int = 1
     print(f"  layer output bit-exact with the golden model: {report['mismatches'] == 0} "
           f"({report['values']} values)")
     print(f"  cycles: {report['busy_cycles']} (ideal {report['ideal_cycles']} = "
-          f"{report['macs']} MACs / {config.mac_units} lanes; {report['weight_wait']} waiting "
+          f"{report['macs']} MACs / {config.mac_units} lanes; {report['weight_stall_cycles']} waiting "
           f"for weights at {config.axi_data_width}-bit)")
     return report
 

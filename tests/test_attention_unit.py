@@ -8,8 +8,9 @@ import torch
 from amaranth.sim import Simulator
 
 from moeaccel.config import preset
-from moeaccel.hw.attention import Attention, command_fields
-from moeaccel.hw.layouts import attention_command
+from moeaccel.formats.attention import command_fields
+from moeaccel.hw.attention import Attention
+from moeaccel.formats.attention import attention_command
 from moeaccel.sw.attention import (AttentionParams, AttentionShape, as_words, attention_fixed,
                                    random_inputs, stream_words)
 

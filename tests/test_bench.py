@@ -239,10 +239,10 @@ def test_resource_tables_quote_the_recorded_synthesis():
     assert sorted(quoted) == sorted(_resource_rows())
     dsp = {entry["block"]: summary(entry)["dsp"] for entry in load_figures()["resources"]
            if entry["config"] == "pynq-z2"}
-    assert (f"the two blocks need {dsp['attention']} + {dsp['ffn-engine']} DSPs, more than the "
+    assert (f"the two blocks need {dsp['attention']} + {dsp['expert-ffn']} DSPs, more than the "
             f"xc7z020's 220" in _prose(DOCS / "attention.md"))
-    assert dsp["attention"] + dsp["ffn-engine"] > 220
-    assert (f"the PYNQ-Z2 has {220 - dsp['ffn-engine']} left beside the Expert-FFN engine"
+    assert dsp["attention"] + dsp["expert-ffn"] > 220
+    assert (f"the PYNQ-Z2 has {220 - dsp['expert-ffn']} left beside the Expert-FFN engine"
             in _prose(DOCS / "router.md"))
 
 

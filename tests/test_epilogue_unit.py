@@ -4,8 +4,8 @@ import random
 
 import torch
 
+from moeaccel.formats.epilogue import epilogue_in
 from moeaccel.hw.epilogue import Epilogue
-from moeaccel.hw.layouts import epilogue_in
 from moeaccel.sw import numerics as nx
 
 from . import stream_sim

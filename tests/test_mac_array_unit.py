@@ -7,7 +7,7 @@ import torch
 
 from moeaccel.config import preset
 from moeaccel.formats.expert_ffn import chunk_inputs
-from moeaccel.hw.layouts import mac_in
+from moeaccel.formats.expert_ffn import mac_in
 from moeaccel.hw.mac_array import MacArray
 from moeaccel.sw import sparsity as sp
 

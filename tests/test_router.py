@@ -85,11 +85,11 @@ def test_bench_router_refuses_what_the_configuration_cannot_hold(capsys):
 
 @pytest.mark.sim
 def test_router_cycles_equal_the_cycle_model(tmp_path):
-    """`hw.router.router_cycles` (the emulator's ROUTE cycles) against the RTL, every mode, logits
+    """`moeaccel.cycles.router_cycles` (the emulator's ROUTE cycles) against the RTL, every mode, logits
     streamed and computed, groups."""
     import json
-    from moeaccel.hw.layouts import RouterMode
-    from moeaccel.hw.router import router_cycles
+    from moeaccel.formats.router import RouterMode
+    from moeaccel.cycles import router_cycles
     cases = [_case("softmax_topk_renorm", 8, 2, 12, seed=1, idle=0.0),
              _case("softmax_topk", 64, 8, 6, seed=2, idle=0.0),
              _case("top1", 7, 1, 5, seed=3, idle=0.0),

@@ -7,7 +7,7 @@ import torch
 from amaranth.sim import Simulator
 
 from moeaccel.config import preset
-from moeaccel.hw.layouts import RouterMode, bias_write, router_command
+from moeaccel.formats.router import RouterMode, bias_write, router_command
 from moeaccel.hw.router import Router
 from moeaccel.sw.router import QuantizedRouter, dispatch_table
 from moeaccel.sw.reference import MoESpec

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from moeaccel.config import SparsityPattern, preset
-from moeaccel.hw.layouts import weight_word
+from moeaccel.formats.expert_ffn import weight_word
 from moeaccel.sw import sparsity as sp
 
 PATTERNS = [SparsityPattern(1, 1), SparsityPattern(1, 4), SparsityPattern(2, 4),

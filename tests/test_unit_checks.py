@@ -34,7 +34,7 @@ def _draw(rng: random.Random, shape, limits) -> int:
     top = (1 << width) - 1
     choice = rng.random()
     if choice < 0.2:
-        return rng.choice([0, 1, 2])
+        return min(top, rng.choice([0, 1, 2]))
     if choice < 0.6:
         return max(0, min(top, rng.choice(limits) + rng.choice([-1, 0, 1])))
     if choice < 0.7:

@@ -15,9 +15,9 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ...config import AccelConfig
-from ...hw.attention import ATTENTION_COUNTERS, Attention
+from ...formats.attention import ATTENTION_COUNTERS, attention_word
+from ...hw.attention import Attention
 from ...hw.attention_sequencer import AttentionSequencer, sequencer_command
-from ...hw.layouts import attention_word
 
 __all__ = ["AttentionTestbed", "testbed_words", "WORD_RAM_VERILOG"]
 

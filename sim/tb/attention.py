@@ -16,8 +16,8 @@ import cocotb
 from cocotb.triggers import FallingEdge, RisingEdge
 
 from ...config import preset
-from ...hw.attention import ATTENTION_COUNTERS, command_fields
-from ...hw.layouts import attention_command, attention_word
+from ...formats.attention import (ATTENTION_COUNTERS, attention_command, attention_word,
+                                  command_fields)
 from ...sw.attention import (AttentionShape, as_words, attention_fixed, random_inputs,
                              stream_words)
 from ..harness import StallGenerator, check_cases, reset, start_clock, tb_params

@@ -18,7 +18,7 @@ from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, with_timeout
 
 from ...config import preset
 from ...cycles import attention_cycles
-from ...hw.attention import ATTENTION_COUNTERS, command_fields
+from ...formats.attention import ATTENTION_COUNTERS, command_fields
 from ...hw.attention_sequencer import sequencer_command
 from ...sw.attention import as_words, attention_fixed, random_inputs
 from ..designs.attention_testbed import testbed_words

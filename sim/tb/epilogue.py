@@ -14,7 +14,7 @@ import torch
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from ...hw.layouts import TABLE_WRITE, epilogue_in, epilogue_out
+from ...formats.epilogue import TABLE_WRITE, epilogue_in, epilogue_out
 from ...sw import numerics as nx
 from ..harness import StallGenerator, reset, start_clock, tb_params
 from .streams import StreamMonitor, StreamSink, StreamSource

@@ -19,11 +19,11 @@ import cocotb
 import torch
 from cocotb.triggers import FallingEdge, RisingEdge
 
-from ...config import SparsityPattern, preset
-from ...hw.expert_ffn import PERF_COUNTERS
-from ...hw.layouts import (TABLE_WRITE, act_write, ffn_command, ffn_out, gates_write,
-                           params_write, pattern_bits)
 from ...compiler.plan import engine_work, expert_operands, pass_operands, plan_pass
+from ...config import SparsityPattern, preset
+from ...formats.epilogue import TABLE_WRITE
+from ...formats.expert_ffn import (EXPERT_FFN_COUNTERS, act_write, ffn_command, ffn_out,
+                                   gates_write, params_write, pattern_bits)
 from ...sw.quantized import (QuantizedExpert, QuantizedLinear, QuantizedMoE, quantize_tensor,
                              swiglu_hidden)
 from ...sw.models import build_model
@@ -32,7 +32,7 @@ from ...sw.sparsity import prune
 from ..harness import StallGenerator, check_cases, reset, start_clock, tb_params
 from .streams import StreamSink, StreamSource
 
-PERF_FIELDS = ("busy_cycles", "mac_cycles", "weight_wait", "output_wait")
+PERF_FIELDS = tuple(EXPERT_FFN_COUNTERS.members)
 
 
 class FFNTB:
@@ -80,7 +80,7 @@ class FFNTB:
     async def load_gates(self, rows: torch.Tensor, gates: torch.Tensor) -> None:
         """The gate table: slot i of the pass goes to accumulator row rows[i] with weight gates[i]."""
         await self._source("gates_write").send(
-            self.layouts["gates"].const({"slot": slot, "entry": {"row": int(row), "gate": int(gate)}})
+            self.layouts["gates"].const({"slot": slot, "entry": {"token": int(row), "gate": int(gate)}})
             .as_bits() for slot, (row, gate) in enumerate(zip(rows, gates)))
 
     async def load_table(self, table) -> None:
@@ -112,7 +112,7 @@ class FFNTB:
         sink_task.cancel()
         self.dut.o__ready.value = 0
         assert weights.done(), "the pass ended before all its weights were sent"
-        perf = PERF_COUNTERS.from_bits(int(self.dut.perf.value))
+        perf = EXPERT_FFN_COUNTERS.from_bits(int(self.dut.perf.value))
         counters = {name: int(getattr(perf, name)) for name in PERF_FIELDS}
         step = operands.step
         words = 0 if step.drain else step.tiles * step.tokens * step.chunks
@@ -120,7 +120,7 @@ class FFNTB:
             f"mac_cycles counted {counters['mac_cycles']}, the pass issues {words} words"
         assert counters["busy_cycles"] >= words
         if step.drain:
-            assert counters["weight_wait"] == 0, "a drain waited for weights"
+            assert counters["weight_stall_cycles"] == 0, "a drain waited for weights"
         return counters
 
     def result(self, step) -> torch.Tensor:

@@ -19,8 +19,8 @@ import torch
 from cocotb.triggers import FallingEdge, RisingEdge
 
 from ...config import preset
-from ...hw.layouts import (RouterMode, bias_write, dispatch_entry, router_command, router_logit,
-                           router_token, router_weight_write)
+from ...formats.router import (LOGIT, ROUTER_COUNTERS, TOKEN_GATE, RouterMode, bias_write,
+                                router_command, router_token, router_weight_write)
 from ...sw import numerics as nx
 from ...sw.quantized import QuantizedLinear
 from ...sw.router import QuantizedRouter, dispatch_overflow, dispatch_table
@@ -107,11 +107,12 @@ class RouterTB:
                 for token in range(case["tokens"]) for word in words(gemm[1][token]))
         else:
             await self.source("logits").send(
-                router_logit(config).const({"value": int(v)}).as_bits()
+                LOGIT.onchip(config).const({"value": int(v)}).as_bits()
                 for v in logits.reshape(-1).tolist())
         if int(dut.busy.value):
             await FallingEdge(dut.busy)
-        cycles, overflow = int(dut.cycles.value), int(dut.overflow.value)
+        perf = ROUTER_COUNTERS.from_bits(int(dut.perf.value))
+        cycles, overflow = int(perf.busy_cycles), int(perf.dropped_tokens)
         capacity = config.dispatch_capacity
         mismatches = []
         expected = dispatch_table(routing, spec.n_experts, capacity)
@@ -121,7 +122,7 @@ class RouterTB:
                 mismatches.append(f"expert {expert}: {count} tokens, expected {tokens.numel()}")
                 continue
             for slot, (token, gate) in enumerate(zip(tokens.tolist(), gates.tolist())):
-                view = dispatch_entry(config).from_bits(
+                view = TOKEN_GATE.onchip(config).from_bits(
                     await self.read("table_read", expert * capacity + slot))
                 entry = (int(view.token), int(view.gate))
                 if entry != (token, gate):
