@@ -10,6 +10,9 @@ the bits the unit decodes; widths follow the `AccelConfig`.
 
 from __future__ import annotations
 
+import functools
+import types
+
 from amaranth.hdl import unsigned
 from amaranth.lib import data, enum
 
@@ -185,15 +188,16 @@ DESCRIPTOR = data.StructLayout({
 })
 
 
+@functools.cache
 def bodies(config) -> dict:
-    """Each opcode's body layout (SYNC, FINISH and NOP have none)."""
+    """Each opcode's body layout (SYNC, FINISH and NOP have none); built once a configuration."""
     transfer = transfer_body(config)
-    return {
+    return types.MappingProxyType({
         Opcode.LOAD: transfer, Opcode.STORE: transfer,
         Opcode.LINEAR: linear_body(config), Opcode.ROUTE: route_body(config),
         Opcode.EXPERT_LOOP: expert_loop_body(config), Opcode.ATTENTION: attention_body(config),
         Opcode.VECTOR: vector_body(config),
-    }
+    })
 
 
 def body_name(opcode: Opcode) -> str | None:
@@ -205,9 +209,10 @@ def body_name(opcode: Opcode) -> str | None:
                                              Opcode.ATTENTION, Opcode.VECTOR) else None
 
 
+@functools.cache
 def instruction_layout(config) -> data.StructLayout:
     """The instruction of `config`: opcode, dependency tokens, the body as a union over opcodes
-    (named by the opcode, lower case), padded to `INSTRUCTION_BITS`."""
+    (named by the opcode, lower case), padded to `INSTRUCTION_BITS`; built once a configuration."""
     layouts = bodies(config)
     union = data.UnionLayout({op.name.lower(): layout for op, layout in layouts.items()
                               if op is not Opcode.STORE})
