@@ -17,7 +17,8 @@ import torch
 
 from ..config import AccelConfig, SparsityPattern
 from ..formats import records
-from ..formats.buffers import Buffer, act_row_bytes
+from ..formats import router as router_formats
+from ..formats.buffers import Buffer, act_row, act_row_bytes
 from ..formats.epilogue import ACTIVATION_TABLE, CHANNEL_PARAMS, IDENTITY_TABLE
 from ..formats.instructions import DESCRIPTOR
 from ..formats.numbers import GATE_ONE
@@ -125,7 +126,9 @@ class MoELayerProgram:
             raise ValueError("logits are given exactly when the program reads them "
                              "(moe_layer_program(..., given_logits=True))")
         dram[:len(self.image)] = self.image
-        raw = x_q.to(torch.int8).numpy().tobytes()
+        rows = records.zeros(act_row(self.config, self.d_model), self.tokens)
+        rows[:] = x_q.numpy()
+        raw = rows.tobytes()
         dram[self.x:self.x + len(raw)] = raw
         if logits is not None:
             values = torch.as_tensor(logits).numpy().reshape(-1)
@@ -135,9 +138,8 @@ class MoELayerProgram:
             dram[self.logits:self.logits + len(raw)] = raw
 
     def result(self, dram: bytearray) -> torch.Tensor:
-        raw = bytes(dram[self.y:self.y + self.tokens * self.d_model])
-        return torch.from_numpy(np.frombuffer(raw, dtype=np.int8).astype(np.int64)) \
-            .reshape(self.tokens, self.d_model)
+        rows = records.view(act_row(self.config, self.d_model), bytes(dram), self.tokens, self.y)
+        return torch.from_numpy(rows.astype(np.int64))
 
 
 def moe_layer_program(config: AccelConfig, layer: QuantizedMoE, tokens: int,
@@ -151,20 +153,24 @@ def moe_layer_program(config: AccelConfig, layer: QuantizedMoE, tokens: int,
         pattern = SparsityPattern.parse(pattern)
     spec = layer.spec
     d_model, experts = spec.d_model, spec.n_experts
-    if experts > config.max_experts or spec.k > config.max_k:
-        raise ValueError(f"{experts} experts, k={spec.k}: the {config.name} configuration routes "
-                         f"at most {config.max_experts} experts, k <= {config.max_k}")
-    if d_model > config.router_chunks * config.router_lanes:
-        raise ValueError(f"d_model={d_model} is wider than the router's "
-                         f"{config.router_chunks * config.router_lanes}")
     if tokens > config.dispatch_capacity:
         raise ValueError(f"{tokens} tokens: an expert's queue holds {config.dispatch_capacity} "
                          f"(expert_capacity); a larger batch is several layer runs")
+    grouped = spec.router == "sigmoid_bias" and spec.n_groups > 1
+    route = {"tokens": tokens, "experts": experts, "k": spec.k,
+             "mode": RouterMode.named(spec.router), "groups": spec.n_groups if grouped else 1,
+             "group_size": experts // spec.n_groups if grouped else 0,
+             "topk_groups": spec.topk_groups if grouped else 1, "compute": int(not given_logits),
+             "chunks": 0 if given_logits else -(-d_model // config.router_lanes)}
+    reasons = router_formats.check(config, route)
+    if reasons:
+        raise ValueError(f"the {config.name} configuration's router refuses this layer: "
+                         + "; ".join(reasons))
     image = Image(align=max(REGION_ALIGN, config.axi_data_bytes))
     row = act_row_bytes(config, d_model)
     row_words = row // config.act_word_bytes
 
-    descriptors = records.zeros(DESCRIPTOR, experts)
+    descriptors = records.zeros(DESCRIPTOR.dram, experts)
     for index, expert in enumerate(layer.experts):
         fields, _ = _expert_image(image, config, f"expert{index}", expert, pattern)
         for name, value in fields.items():
@@ -195,13 +201,11 @@ def moe_layer_program(config: AccelConfig, layer: QuantizedMoE, tokens: int,
     combine["multiplier"], combine["shift"] = int(layer.combine_multiplier), \
         int(layer.combine_shift)
     combine_params = image.put("combine_params", combine.tobytes())
-    x = image.reserve("x", tokens * d_model)
-    y = image.reserve("y", tokens * d_model)
+    x = image.reserve("x", tokens * records.size(act_row(config, d_model)))
+    y = image.reserve("y", tokens * records.size(act_row(config, d_model)))
     logits = image.reserve("logits", records.size(LOGIT.dram) * tokens * experts) \
         if given_logits else None
 
-    mode = RouterMode.named(spec.router)
-    grouped = spec.router == "sigmoid_bias" and spec.n_groups > 1
     program = Program(config)
     program.load(Buffer.ROUTER_WEIGHTS, dram=router, rows=experts,
                  row_bytes=records.size(router_record(config)))
@@ -209,13 +213,7 @@ def moe_layer_program(config: AccelConfig, layer: QuantizedMoE, tokens: int,
         program.load(Buffer.ROUTER_BIAS, dram=bias, row_bytes=len(biases.tobytes()))
     program.load(Buffer.ACT0, dram=x, rows=tokens, row_bytes=d_model, sram_stride=row,
                  push_next=True)
-    program.route({"tokens": tokens, "experts": experts, "k": spec.k, "mode": mode,
-                   "groups": spec.n_groups if grouped else 1,
-                   "group_size": experts // spec.n_groups if grouped else 0,
-                   "topk_groups": spec.topk_groups if grouped else 1,
-                   "compute": int(not given_logits),
-                   "chunks": 0 if given_logits else -(-d_model // config.router_lanes)},
-                  row_words=row_words, logits=logits or 0, pop_prev=True)
+    program.route(route, row_words=row_words, logits=logits or 0, pop_prev=True)
     # The loop loads each expert's PARAMS and TABLE itself: the load queue waits for it to end.
     program.expert_loop(experts=experts, table=table, d_model=d_model, d_ff=spec.d_ff,
                         pattern=config.patterns.index(pattern),

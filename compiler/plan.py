@@ -11,6 +11,7 @@ is a whole MoE layer as engine passes, the reference the engine's regression dri
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -49,23 +50,17 @@ class FFNPass:
     @property
     def per_tile(self) -> int:
         """Output channels a tile produces."""
-        return self.config.mac_rows // 2 if self.swiglu else self.config.mac_rows
+        return expert_ffn.tile_channels(self.config, self.swiglu)
 
-    @property
-    def tiles(self) -> int:
-        return self.command()["tiles"]
+    @functools.cached_property
+    def counts(self) -> dict:
+        """The pass's command (`command()`), worked out once."""
+        return self.command()
 
-    @property
-    def chunks(self) -> int:
-        return self.command()["chunks"]
-
-    @property
-    def src_row_words(self) -> int:
-        return self.command()["src_row_words"]
-
-    @property
-    def dst_row_words(self) -> int:
-        return self.command()["dst_row_words"]
+    tiles = property(lambda self: self.counts["tiles"])
+    chunks = property(lambda self: self.counts["chunks"])
+    src_row_words = property(lambda self: self.counts["src_row_words"])
+    dst_row_words = property(lambda self: self.counts["dst_row_words"])
 
     @property
     def macs(self) -> int:

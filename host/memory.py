@@ -70,9 +70,8 @@ class Memory:
     def buffer_records(self, buffer: Buffer, layout, count: int, what: str,
                        start: int = 0) -> np.ndarray:
         """`count` records of `layout` from `buffer` at byte `start`."""
-        size = records.size(layout)
-        span = self.span(buffer, start, count * size, what)
-        return records.view(layout, self.buffers[buffer][span], count)
+        self.span(buffer, start, count * records.size(layout), what)
+        return records.view(layout, self.buffers[buffer], count, start)
 
     def put(self, buffer: Buffer, start: int, payload: bytes, what: str) -> None:
         self.buffers[buffer][self.span(buffer, start, len(payload), what)] = payload

@@ -17,10 +17,11 @@ import torch
 from ..config import AccelConfig
 from ..formats import expert_ffn, instructions, records
 from ..formats.attention import padded_shape
-from ..formats.buffers import OUT_VALUE, Buffer, act_row_bytes, out_row_bytes
-from ..formats.epilogue import ACTIVATION_TABLE, CHANNEL_PARAMS
+from ..formats.buffers import Buffer, act_row, act_row_bytes, out_dtype, out_row_bytes
+from ..formats.epilogue import ACTIVATION_TABLE, CHANNEL_PARAMS, REQUANT
 from ..formats.instructions import DESCRIPTOR, ErrorCode, Opcode
 from ..formats.numbers import LOGIT_BITS
+from ..formats.rules import normalise
 from ..formats.router import (DISPATCH_COUNT, LOGIT, SELECTION_BIAS, TOKEN_GATE, RouterMode,
                               dispatch_table, router_record)
 from ..formats.vector import VectorOp, operand_layout
@@ -44,6 +45,10 @@ def execute(config: AccelConfig, memory: Memory, opcode: Opcode, fields: dict) -
     """Run one instruction on `memory`; `Stop` with the hardware's error code when it refuses."""
     if opcode in (Opcode.NOP, Opcode.SYNC, Opcode.FINISH):
         return
+    # Instructions written by hand may hold integers where a decoded one holds enum members.
+    fields, reasons = normalise(instructions.bodies(config)[opcode], fields)
+    if reasons:
+        raise Stop(ErrorCode.BAD_FIELD, ", ".join(reasons))
     if opcode in (Opcode.LOAD, Opcode.STORE):
         memory.transfer(fields, load=opcode is Opcode.LOAD)
         return
@@ -67,8 +72,15 @@ def _linear(config: AccelConfig, memory: Memory, fields: dict) -> None:
     _pass(config, memory, command, weights)
 
 
-def _params(memory: Memory, channels: int) -> tuple[torch.Tensor, ...]:
+def _refuse(reasons: list[str]) -> None:
+    """A value read from memory that the unit's on-chip field cannot hold stops the run."""
+    if reasons:
+        raise Stop(ErrorCode.BAD_FIELD, "; ".join(reasons))
+
+
+def _params(config: AccelConfig, memory: Memory, channels: int) -> tuple[torch.Tensor, ...]:
     entries = memory.buffer_records(Buffer.PARAMS, CHANNEL_PARAMS.dram, channels, "parameters")
+    _refuse(CHANNEL_PARAMS.refusals(config, entries, "PARAMS channel"))
     return tuple(torch.from_numpy(entries[name].astype(np.int64))
                  for name in ("bias", "multiplier", "shift"))
 
@@ -98,15 +110,15 @@ def _pass(config: AccelConfig, memory: Memory, command: dict, weights: bytes, ro
     `rows` the activation rows it reads (a gather; default ``0 .. tokens-1``)."""
     tokens, tiles, lanes = command["tokens"], command["tiles"], config.mac_rows
     channels = tiles * lanes
-    bias, multiplier, shift = _params(memory, channels)
+    bias, multiplier, shift = _params(config, memory, channels)
     src = Buffer.ACT1 if command["src"] else Buffer.ACT0
     dst = Buffer.ACT0 if command["src"] else Buffer.ACT1
     row_bytes = command["dst_row_words"] * config.act_word_bytes
-    out_stride = channels * OUT_VALUE
+    out_stride, out_type = out_row_bytes(config, channels), out_dtype(config)
     if command["drain"]:
-        acc = memory.rows(Buffer.OUT, tokens, channels, out_stride, "drain", np.int32)
+        acc = memory.rows(Buffer.OUT, tokens, channels, out_stride, "drain", out_type)
         y = nx.epilogue(acc, bias, multiplier, shift)
-        memory.put_rows(Buffer.OUT, torch.zeros_like(acc), out_stride, "drain", np.int32)
+        memory.put_rows(Buffer.OUT, torch.zeros_like(acc), out_stride, "drain", out_type)
         memory.put_rows(dst, y, row_bytes, "drain result")
         return
     w = _weights(config, command, weights)
@@ -133,11 +145,11 @@ def _pass(config: AccelConfig, memory: Memory, command: dict, weights: bytes, ro
                                             f"max_tokens={config.max_tokens}")
         # Rows add one after the other, as the engine adds them (a row may come twice).
         unique, where = np.unique(out_rows, return_inverse=True)
-        total = memory.rows(Buffer.OUT, 0, channels, out_stride, "accumulate", np.int32,
+        total = memory.rows(Buffer.OUT, 0, channels, out_stride, "accumulate", out_type,
                             index=unique)
         total.index_add_(0, torch.from_numpy(where.reshape(-1)),
                          torch.as_tensor(gate).unsqueeze(1) * y)
-        memory.put_rows(Buffer.OUT, _wrap32(total), out_stride, "accumulate", np.int32,
+        memory.put_rows(Buffer.OUT, _wrap32(total), out_stride, "accumulate", out_type,
                         index=unique)
     else:
         wide = torch.zeros(tokens, row_bytes, dtype=torch.int64)
@@ -160,6 +172,7 @@ def _route(config: AccelConfig, memory: Memory, fields: dict) -> None:
         x = memory.rows(Buffer.ACT0, tokens, width, stride, "router tokens")
         weights = memory.buffer_records(Buffer.ROUTER_WEIGHTS, router_record(config), experts,
                                         "router weights")
+        _refuse(REQUANT.refusals(config, weights["requant"], "router weights of expert"))
         w = torch.from_numpy(weights["weights"][:, :width].astype(np.int64))
         multiplier = torch.from_numpy(weights["requant"]["multiplier"].astype(np.int64))
         shift = torch.from_numpy(weights["requant"]["shift"].astype(np.int64))
@@ -173,6 +186,7 @@ def _route(config: AccelConfig, memory: Memory, fields: dict) -> None:
     if mode == "sigmoid_bias":
         biases = memory.buffer_records(Buffer.ROUTER_BIAS, SELECTION_BIAS.dram, experts,
                                        "selection biases")
+        _refuse(SELECTION_BIAS.refusals(config, biases, "selection bias of expert"))
         bias = torch.from_numpy(biases["bias"].astype(np.int64))
     routing = QuantizedRouter(spec, None, bias).route(logits)
     _dispatch(config, memory, routing, experts)
@@ -209,7 +223,7 @@ def _queue(config: AccelConfig, memory: Memory, expert: int) -> tuple[np.ndarray
 
 
 def _expert_loop(config: AccelConfig, memory: Memory, fields: dict) -> None:
-    descriptor_bytes = records.size(DESCRIPTOR)
+    descriptor_bytes = DESCRIPTOR.size
     for expert in range(fields["experts"]):
         rows, gates = _queue(config, memory, expert)
         if not rows.size:
@@ -217,10 +231,12 @@ def _expert_loop(config: AccelConfig, memory: Memory, fields: dict) -> None:
         if int(rows.max()) >= config.max_tokens:
             raise Stop(ErrorCode.BAD_FIELD, f"expert {expert}'s queue names token "
                                             f"{int(rows.max())}, beyond max_tokens")
-        descriptor = memory.read_records(DESCRIPTOR, fields["table"] + descriptor_bytes * expert,
-                                         1, f"expert {expert}'s descriptor")[0]
+        read = memory.read_records(DESCRIPTOR.dram, fields["table"] + descriptor_bytes * expert,
+                                   1, f"expert {expert}'s descriptor")
+        descriptor = read[0]
         multiplier, shift = int(descriptor["swiglu_multiplier"]), int(descriptor["swiglu_shift"])
-        reasons = instructions.expert_check(config, fields, int(rows.size), multiplier, shift)
+        reasons = DESCRIPTOR.refusals(config, read, "descriptor") or instructions.expert_check(
+            config, fields, int(rows.size), multiplier, shift)
         if reasons:
             raise Stop(ErrorCode.BAD_FIELD, f"the expert loop refuses expert {expert}: "
                                             + ", ".join(reasons))
@@ -249,16 +265,16 @@ def _vector(config: AccelConfig, memory: Memory, fields: dict) -> None:
     op, rows, width = fields["op"], fields["rows"], fields["width"]
     stride = act_row_bytes(config, width)
     mult, shift = fields["multiplier"], fields["shift"]
+    if op is VectorOp.REQUANT:
+        acc = memory.rows(Buffer.OUT, rows, width, out_row_bytes(config, width), "REQUANT input",
+                          out_dtype(config))
+        memory.put_rows(fields["dst"], sv.requant(acc, mult, shift), stride, "REQUANT result")
+        return
+    a = memory.rows(fields["a"], rows, width, stride, f"{op.name} input")
     operands = operand_layout(op, rows, width, fields["head_dim"])
     params = None
     if operands is not None:
         params = memory.read_records(operands, fields["params"], 1, f"{op.name} operands")[0]
-    if op is VectorOp.REQUANT:
-        acc = memory.rows(Buffer.OUT, rows, width, out_row_bytes(config, width), "REQUANT input",
-                          np.int32)
-        memory.put_rows(fields["dst"], sv.requant(acc, mult, shift), stride, "REQUANT result")
-        return
-    a = memory.rows(fields["a"], rows, width, stride, f"{op.name} input")
     if op is VectorOp.ADD:
         b = memory.rows(fields["b"], rows, width, stride, "ADD input b")
         y = sv.add(a, b, mult, fields["multiplier_b"], shift)
@@ -289,16 +305,16 @@ def _attention(config: AccelConfig, memory: Memory, fields: dict) -> None:
     command = fields["command"]
     shape = padded_shape(config, command)
     dim = shape.head_dim
-    row_q, row_kv = shape.heads * dim, shape.kv_heads * dim
-    regions = {"q": shape.seq_q * row_q, "k": shape.seq_kv * row_kv,
-               "v": shape.seq_kv * row_kv, "o": shape.seq_q * row_q}
-    for name, size in regions.items():
-        memory.window(fields[name], size, f"attention {name.upper()}")
+    row_q, row_kv = act_row(config, shape.heads * dim), act_row(config, shape.kv_heads * dim)
+    regions = {"q": (row_q, shape.seq_q), "k": (row_kv, shape.seq_kv),
+               "v": (row_kv, shape.seq_kv), "o": (row_q, shape.seq_q)}
+    for name, (row, rows) in regions.items():
+        memory.window(fields[name], rows * records.size(row), f"attention {name.upper()}")
 
     def read(name, rows, heads):
-        raw = memory.read(fields[name], regions[name], f"attention {name.upper()}")
-        values = torch.frombuffer(bytearray(raw), dtype=torch.int8).to(torch.int64)
-        return values.reshape(rows, heads, dim)
+        row, count = regions[name]
+        values = memory.read_records(row, fields[name], count, f"attention {name.upper()}")
+        return torch.from_numpy(values.astype(np.int64)).reshape(rows, heads, dim)
 
     q = read("q", shape.seq_q, shape.heads)
     k = read("k", shape.seq_kv, shape.kv_heads)
@@ -306,5 +322,6 @@ def _attention(config: AccelConfig, memory: Memory, fields: dict) -> None:
     params = sa.AttentionParams(command["score_mult"], command["score_shift"],
                                 command["out_mult"], command["out_shift"])
     out = sa.attention_fixed(q, k, v, shape, params)
-    o = fields["o"]
-    memory.dram[o:o + regions["o"]] = out.to(torch.int8).numpy().tobytes()
+    result = records.zeros(row_q, shape.seq_q)
+    result[:] = out.reshape(shape.seq_q, -1).numpy()
+    memory.dram[fields["o"]:fields["o"] + result.nbytes] = result.tobytes()

@@ -9,10 +9,10 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
-from ..formats.attention import attention_command, attention_word
+from ..formats.attention import SEQUENCER_COUNTERS, attention_word, sequencer_command
 from .loops import Loop, LoopNest
 
-__all__ = ["AttentionSequencer", "sequencer_command", "group_extent"]
+__all__ = ["AttentionSequencer", "group_extent"]
 
 
 def group_extent(cmd, first_row, row0_position, group: int):
@@ -23,14 +23,6 @@ def group_extent(cmd, first_row, row0_position, group: int):
     rows = Mux(remaining < group, remaining, group)
     visible = row0_position + rows
     return rows, Mux(cmd.causal & (visible < cmd.seq_kv), visible, cmd.seq_kv)
-
-
-def sequencer_command(config: AccelConfig, address_bits: int) -> data.StructLayout:
-    """An attention call for `AttentionSequencer`: the unit's command and the word addresses of the
-    Q, K, V and O row arrays (rows of ``heads`` or ``kv_heads`` x ``head_words`` words, packed)."""
-    address = unsigned(address_bits)
-    return data.StructLayout({"attention": attention_command(config), "q_base": address,
-                              "k_base": address, "v_base": address, "o_base": address})
 
 
 class AttentionSequencer(wiring.Component):
@@ -48,7 +40,8 @@ class AttentionSequencer(wiring.Component):
     read, write : the memory's read and write ports
     abort : the unit refused the call (its ``error``): stop and go idle
     busy : words remain to be read or written
-    reads, writes : words read from and written to the memory since the last call began
+    perf : `formats.attention.SEQUENCER_COUNTERS`: words read from and written to the memory since
+        the last call began
     """
 
     def __init__(self, config: AccelConfig, address_bits: int):
@@ -68,8 +61,7 @@ class AttentionSequencer(wiring.Component):
             "write": In(memory.WritePort.Signature(addr_width=address_bits, shape=word)),
             "abort": In(1),
             "busy": Out(1),
-            "reads": Out(32),
-            "writes": Out(32),
+            "perf": Out(SEQUENCER_COUNTERS),
         })
 
     def elaborate(self, platform):
@@ -101,7 +93,7 @@ class AttentionSequencer(wiring.Component):
         with m.If(advance):
             m.d.sync += self.words.valid.eq(issuing)
         with m.If(advance & issuing):
-            m.d.sync += self.reads.eq(self.reads + 1)
+            m.d.sync += self.perf.words_read.eq(self.perf.words_read + 1)
 
         # writes: every output word to the next O address
         m.d.comb += [self.results.ready.eq(1), self.write.addr.eq(o_address),
@@ -109,7 +101,7 @@ class AttentionSequencer(wiring.Component):
                      self.write.en.eq(self.results.valid)]
         with m.If(self.results.valid):
             m.d.sync += [o_address.eq(o_address + 1), outputs_left.eq(outputs_left - 1),
-                         self.writes.eq(self.writes + 1)]
+                         self.perf.words_written.eq(self.perf.words_written + 1)]
             with m.If(outputs_left == 1):
                 m.d.sync += self.busy.eq(0)
 
@@ -124,7 +116,7 @@ class AttentionSequencer(wiring.Component):
                                  first_row.eq(0), q_address.eq(c.q_base), o_address.eq(c.o_base),
                                  row0_position.eq(c.attention.seq_kv - c.attention.seq_q),
                                  outputs_left.eq(c.attention.seq_q * heads * c.attention.head_words),
-                                 self.busy.eq(1), self.reads.eq(0), self.writes.eq(0)]
+                                 self.busy.eq(1), self.perf.eq(0)]
                     m.next = "GROUP"
 
             def stop_if_refused():

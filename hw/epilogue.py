@@ -10,7 +10,8 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..cycles import EPILOGUE_LATENCY
-from ..formats.epilogue import TABLE_WRITE, epilogue_in, epilogue_out
+from ..formats.epilogue import (ACTIVATION_TABLE, IDENTITY_TABLE, TABLE_ENTRIES, TABLE_WRITE,
+                               epilogue_in, epilogue_out)
 from ..sw import numerics as nx
 from .arith import round_shift_saturate
 
@@ -58,7 +59,7 @@ class Epilogue(wiring.Component):
         m.d.comb += self.i.ready.eq(advance)
 
         m.submodules.table = table = memory.Memory(
-            shape=signed(8), depth=256, init=list(range(nx.INT8_MIN, nx.INT8_MAX + 1)))
+            shape=ACTIVATION_TABLE.elem_shape, depth=TABLE_ENTRIES, init=IDENTITY_TABLE)
         table_write = table.write_port()
         m.d.comb += [
             table_write.addr.eq(self.table_write.p.index),

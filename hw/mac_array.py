@@ -84,8 +84,8 @@ class MacArray(wiring.Component):
             with m.If(valid[2] & last[2]):
                 m.d.sync += self.o.p.tag.eq(tag[2])
 
-        values = data.View(data.ArrayLayout(data.ArrayLayout(signed(8), cols), rows),
-                           self.i.p.weights[:rows * cols * 8])
+        dense = weight_word(rows, cols, config.patterns[0])        # the values lead every word
+        values = data.View(dense, self.i.p.weights[:dense.size]).values
         for row in range(rows):
             products = []
             for lane in range(cols):

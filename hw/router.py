@@ -21,7 +21,8 @@ from amaranth.lib.wiring import In, Out
 from ..config import AccelConfig
 from ..cycles import ROUTER_DIVIDE_CYCLES
 from ..formats import router as router_formats
-from ..formats.router import (DISPATCH_COUNT, LOGIT, LOGIT_REQUANT, ROUTER_COUNTERS, SELECTION_BIAS,
+from ..formats.epilogue import REQUANT
+from ..formats.router import (DISPATCH_COUNT, LOGIT, ROUTER_COUNTERS, SELECTION_BIAS,
                               TOKEN_GATE, RouterMode, bias_write, router_command, router_token,
                               router_weight_write)
 from ..formats.rules import refused_by
@@ -116,9 +117,11 @@ class Router(wiring.Component):
         mode = command.mode
         grouped = (mode == RouterMode.SIGMOID_BIAS) & (command.groups > 1)
 
+        logit = LOGIT.onchip_fields(config)["value"]             # a Q8 logit
+        token_word = router_token(config)["data"].shape          # router_lanes int8 values
         # -- memories
         m.submodules.logit_buffer = logit_buffer = memory.Memory(
-            shape=signed(16), depth=experts, init=[])
+            shape=logit, depth=experts, init=[])
         m.submodules.bias = bias = memory.Memory(
             shape=SELECTION_BIAS.onchip_fields(config)["bias"], depth=experts, init=[])
         m.submodules.counts = counts = memory.Memory(
@@ -127,11 +130,11 @@ class Router(wiring.Component):
             shape=TOKEN_GATE.onchip(config), depth=experts * capacity, init=[])
         lanes, row_words = config.router_lanes, config.router_chunks
         m.submodules.router_weights = router_weights = memory.Memory(
-            shape=data.ArrayLayout(signed(8), lanes), depth=experts * row_words, init=[])
+            shape=token_word, depth=experts * row_words, init=[])
         m.submodules.logit_params = logit_params = memory.Memory(
-            shape=LOGIT_REQUANT.onchip(config), depth=experts, init=[])
+            shape=REQUANT.onchip(config), depth=experts, init=[])
         m.submodules.token_buffer = token_buffer = memory.Memory(
-            shape=data.ArrayLayout(signed(8), lanes), depth=row_words, init=[])
+            shape=token_word, depth=row_words, init=[])
         weights_port, weights_read = router_weights.write_port(), router_weights.read_port()
         params_port, params_read = logit_params.write_port(), logit_params.read_port()
         token_port, token_read = token_buffer.write_port(), token_buffer.read_port()
@@ -177,7 +180,7 @@ class Router(wiring.Component):
         group_scores = [Signal(signed(KEY_BITS + 1), name=f"group_score{g}")
                         for g in range(config.max_groups)]
         group_kept = Signal(config.max_groups)
-        maximum = Signal(signed(16))
+        maximum = Signal(logit)
         total = Signal(nx.GATE_FRAC_BITS + 1 + (experts - 1).bit_length() + 1)
         quotient = Signal(nx.ROUTER_RECIP_BITS + 1)
         remainder = Signal(len(total) + 1)
@@ -220,14 +223,14 @@ class Router(wiring.Component):
         gemm_first = [Signal(name=f"gemm{n}_first") for n in range(1, 5)]
         gemm_last = [Signal(name=f"gemm{n}_last") for n in range(1, 5)]
         gemm_expert = [Signal(range(experts), name=f"gemm{n}_expert") for n in range(1, 5)]
-        gemm_params = [Signal(LOGIT_REQUANT.onchip(config), name=f"gemm{n}_params")
+        gemm_params = [Signal(REQUANT.onchip(config), name=f"gemm{n}_params")
                        for n in range(2, 5)]
         products = [Signal(signed(16), name=f"gemm_product{lane}") for lane in range(lanes)]
         row_sum = Signal(signed(16 + lanes.bit_length()))
         accumulator = Signal(signed(32))
         result_valid = Signal()
         result_expert = Signal(range(experts))
-        result = Signal(signed(16))
+        result = Signal(logit)
         m.d.sync += [gemm_valid[n].eq(gemm_valid[n - 1]) for n in range(1, 4)]
         m.d.sync += [gemm_first[n].eq(gemm_first[n - 1]) for n in range(1, 4)]
         m.d.sync += [gemm_last[n].eq(gemm_last[n - 1]) for n in range(1, 4)]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from .config import SparsityPattern, preset
 from .figures import FIGURES_FILE, load_figures
-from .formats.attention import INPUT_KINDS
 from .formats.expert_ffn import EXPERT_ACTIVATIONS
 from .formats.router import ROUTER_MODES
+from .sw.inputs import ATTENTION_INPUT_KINDS
 
 __all__ = ["SimulationFailed", "bench_expert_ffn", "bench_router", "bench_attention", "sweep",
            "sweep_table", "measure_figure", "figure_differences", "figure_command", "check_figures",
@@ -119,7 +119,7 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
     ``MACs / lanes``, on-chip and DRAM bytes against their formulas, bit-exactness."""
     from .cycles import attention_cycles
     from .hw.attention_sizing import attention_onchip_bytes, attention_state_bytes
-    from .sim.designs.attention_testbed import WORD_RAM_VERILOG, AttentionTestbed
+    from .sim.designs.attention_system import WORD_RAM_VERILOG, AttentionSystem
     from .sw import attention as sa
 
     config = preset(config_name)
@@ -129,7 +129,7 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
     word, group = config.axi_data_bytes, config.attention_group
     case = dict(seq_q=shape.seq_q, seq_kv=shape.seq_kv, heads=heads, kv_heads=kv_heads,
                 head_dim=head_dim, causal=causal, kind=kind, seed=seed)
-    report = _simulate_case(AttentionTestbed(config), "attention_testbed", config.name, case,
+    report = _simulate_case(AttentionSystem(config), "attention_system", config.name, case,
                             f"attention L={seq} H={heads}/{kv_heads} D={head_dim}"
                             f"{' causal' if causal else ''}", free_clock_ns=10,
                             extra_verilog=WORD_RAM_VERILOG)
@@ -314,7 +314,7 @@ def add_arguments(commands) -> None:
                            help="key/value heads (default: heads; fewer is grouped-query)")
     attention.add_argument("--head-dim", type=int, required=True)
     attention.add_argument("--causal", action="store_true")
-    attention.add_argument("--kind", choices=INPUT_KINDS, default="random")
+    attention.add_argument("--kind", choices=ATTENTION_INPUT_KINDS, default="random")
     attention.add_argument("--config", default="pynq-z2", help="preset (default pynq-z2)")
     attention.add_argument("--seed", type=int, default=0)
     attention.add_argument("--json", action="store_true", help="one JSON object on stdout")

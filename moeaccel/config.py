@@ -272,7 +272,7 @@ class AccelConfig:
     @property
     def out_buffer_words(self) -> int:
         """Words of the output accumulator: ``mac_rows`` int32 values each."""
-        return self.out_buffer_bytes // (4 * self.mac_rows)
+        return self.out_buffer_bytes // (self.acc_bits // 8 * self.mac_rows)
 
     @property
     def max_tiles(self) -> int:

@@ -29,7 +29,7 @@ __all__ = ["MAC_ARRAY_LATENCY", "EPILOGUE_LATENCY", "FFN_ISSUE_STAGES", "FFN_PAR
            "FFN_COMBINE_STAGES", "FFN_ACCUMULATE_STAGES", "FFN_DRAIN_READ_STAGES",
            "FFN_PASS_TAIL", "FFN_DRAIN_TAIL", "ROUTER_GEMM_STAGES", "ROUTER_DIVIDE_CYCLES",
            "ATTENTION_SETTLE_CYCLES", "ATTENTION_HEAD_DIVIDE_CYCLES", "ATTENTION_DRAIN_STAGES",
-           "TRANSFER_SETUP_CYCLES", "ffn_pass_cycles", "router_cycles", "attention_cycles",
+           "WEIGHT_LEAD_CYCLES", "TRANSFER_SETUP_CYCLES", "ffn_pass_cycles", "router_cycles", "attention_cycles",
            "transfer_cycles", "expert_loop_cycles", "vector_cycles", "instruction_cycles"]
 
 # -- the units' pipelines ------------------------------------------------------------------------
@@ -57,6 +57,10 @@ ATTENTION_SETTLE_CYCLES = 3  # K row -> V row: the last heads' softmax updates l
 ATTENTION_HEAD_DIVIDE_CYCLES = ATTENTION_RECIP_BITS + 4   # per head: read, load, 41 bits, store
 ATTENTION_DRAIN_STAGES = 2   # the accumulator read and the output register of a group's drain
 
+# The weights' source: the first beat is offered this many cycles after the pass's command (the
+# engine's testbench, and the model's assumption for a pass fed from the bus).
+WEIGHT_LEAD_CYCLES = 3
+
 # The DMA engine (modelled until the accelerator top is built).
 TRANSFER_SETUP_CYCLES = 8    # a LOAD or STORE: address set-up before its first beat
 
@@ -67,11 +71,11 @@ def _beats(config: AccelConfig, size: int) -> int:
 
 # -- the Expert-FFN engine (measured) ---------------------------------------------------------------
 
-def ffn_pass_cycles(config: AccelConfig, command: dict, *, weight_lead: int = 3,
+def ffn_pass_cycles(config: AccelConfig, command: dict, *, weight_lead: int = WEIGHT_LEAD_CYCLES,
                     word_beats: int | None = None) -> int:
     """Cycles of one pass (`formats.expert_ffn.ffn_command` fields): the engine's ``busy_cycles``,
-    with weight beats offered back to back from cycle ``weight_lead + 1`` of the pass (3: the
-    testbench's source starts after the command handshake) and the results never held back.
+    with weight beats offered back to back from cycle ``weight_lead + 1`` of the pass
+    (`WEIGHT_LEAD_CYCLES`: the testbench's source starts after the command handshake) and the results never held back.
 
     A weight pass: ``weight_lead``, then block 0 fills its bank (``L = chunks x beats`` cycles,
     `expert_ffn.weight_word_beats` beats a word), then each tile issues ``P = tokens x chunks``
@@ -154,8 +158,7 @@ def expert_loop_cycles(config: AccelConfig, fields: dict, expert_tokens: list[in
     first weight block load while the expert before it issues its last tile, hiding up to that
     tile's ``tokens x chunks`` cycles. Experts without tokens cost nothing. (The passes are
     measured; the transfers and the overlap are modelled until the accelerator top is built.)"""
-    if fields["pattern"] >= len(config.patterns) or instructions.check(
-            config, Opcode.EXPERT_LOOP, fields):
+    if instructions.check(config, Opcode.EXPERT_LOOP, fields):
         return 1                              # refused at once
     pattern = config.patterns[fields["pattern"]]
     beats = expert_ffn.weight_word_beats(config, pattern)
@@ -167,12 +170,12 @@ def expert_loop_cycles(config: AccelConfig, fields: dict, expert_tokens: list[in
         if expert_ffn.check(config, first) or expert_ffn.check(config, down):
             return total + 1                  # refused there
         setup = sum(transfer_cycles(config, 1, size) for size in (
-            DESCRIPTOR.size // 8, ACTIVATION_TABLE.size // 8,
+            DESCRIPTOR.size, ACTIVATION_TABLE.size // 8,
             first["tiles"] * config.mac_rows * CHANNEL_PARAMS.size,
             down["tiles"] * config.mac_rows * CHANNEL_PARAMS.size))
         cost = setup + ffn_pass_cycles(config, first) + ffn_pass_cycles(config, down)
         if fields["prefetch"]:
-            lead = setup + 3 + first["chunks"] * beats           # what can load ahead
+            lead = setup + WEIGHT_LEAD_CYCLES + first["chunks"] * beats  # what can load ahead
             cost -= min(lead, hidden_window)
         total += cost
         hidden_window = tokens * down["chunks"]

@@ -35,6 +35,7 @@ from .formats.instructions import (ADDRESS_BITS, DEPS, DESCRIPTOR, INSTRUCTION_B
                                    instruction_layout, linear_body, route_body, transfer_body,
                                    vector_body)
 from .formats.instructions import check as check_instruction
+from .formats.rules import normalise
 from .formats.vector import VectorOp
 
 __all__ = ["INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Queue", "QUEUE_OF", "Buffer",
@@ -205,6 +206,9 @@ class Program:
     def add(self, opcode: Opcode, fields: dict | None = None, *, pop_prev=False, pop_next=False,
             push_prev=False, push_next=False) -> "Program":
         fields = dict(fields or {})
+        if opcode in bodies(self.config):
+            normalised, invalid = normalise(bodies(self.config)[opcode], fields)
+            fields = fields if invalid else normalised      # members in place of integers
         if self.checked:
             reasons = check_instruction(self.config, opcode, fields)
             if reasons:
@@ -397,7 +401,7 @@ def markdown(config: AccelConfig) -> str:
                          ("DISPATCH_COUNT", router.DISPATCH_COUNT.dram),
                          ("SELECTION_BIAS", router.SELECTION_BIAS.dram),
                          ("router_record", router.router_record(config)),
-                         ("DESCRIPTOR", DESCRIPTOR)):
+                         ("DESCRIPTOR", DESCRIPTOR.dram)):
         out += ["", f"### `{name}` ({records.size(record)} bytes)", "",
                 "| field | bits | width | type |", "|---|---|---|---|"]
         out += [f"| {n} | {o}..{o + w - 1} | {w} | {t} |" for n, o, w, t in _layout_rows(record)]

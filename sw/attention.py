@@ -30,14 +30,15 @@ from dataclasses import dataclass
 import torch
 
 from ..formats import attention as attention_formats
-from ..formats.attention import INPUT_KINDS, AttentionShape, group_keys
+from ..formats.attention import AttentionShape, group_keys
 from ..formats.numbers import ATTENTION_LOGIT_BITS, ATTENTION_RECIP_BITS
 from . import numerics as nx
+from .inputs import ATTENTION_INPUT_KINDS
 from .quantized import dequantize, quantize_tensor
 
 __all__ = ["AVG_FRAC_BITS", "EXP_CLAMP", "AttentionShape", "AttentionParams", "attention_fixed",
            "attention_float", "QuantizedAttention", "group_keys", "stream_words", "traffic_bytes",
-           "as_words", "check_fits", "attention_macs", "INPUT_KINDS", "random_inputs"]
+           "as_words", "check_fits", "attention_macs", "ATTENTION_INPUT_KINDS", "random_inputs"]
 
 AVG_FRAC_BITS = 8        # acc / s is formed in Q8 of the value scale before the output requantisation
 EXP_CLAMP = 4095         # exp_fixed(-d) is 0 for every d >= 2840; the hardware clamps |d| here
@@ -240,8 +241,9 @@ def random_inputs(shape: AttentionShape, kind: str = "random", seed: int = 0):
     maximum jumps and the accumulators are rescaled; ``flat``: Q all zero, so every key weighs the
     same and the running sum reaches its largest value (``keys x 1.0``).
     """
-    if kind not in INPUT_KINDS:
-        raise ValueError(f"attention input kind must be one of {', '.join(INPUT_KINDS)}, not {kind!r}")
+    if kind not in ATTENTION_INPUT_KINDS:
+        raise ValueError(f"attention input kind must be one of {', '.join(ATTENTION_INPUT_KINDS)}, "
+                         f"not {kind!r}")
     g = torch.Generator().manual_seed(seed)
     q_shape = (shape.seq_q, shape.heads, shape.head_dim)
     kv_shape = (shape.seq_kv, shape.kv_heads, shape.head_dim)

@@ -73,7 +73,6 @@ def test_attention_bit_exact_random():
     run_attention("tiny", cases)
 
 
-@pytest.mark.sim
 def _emulated_cycles(config, shape) -> int:
     """The cycles of one ATTENTION instruction and its FINISH on the emulator (they do not depend
     on the data)."""
@@ -92,6 +91,7 @@ def _emulated_cycles(config, shape) -> int:
     return result.cycles
 
 
+@pytest.mark.sim
 def test_bench_attention_reports_cycles_bytes_and_bit_exactness(capsys):
     """A whole call through unit, sequencer and memory: bit-exact, cycles as the model predicts
     (and as the emulator's ATTENTION takes, before its FINISH), DRAM bytes as the formula says."""

@@ -150,7 +150,8 @@ def test_unit_refuses_a_bad_command(fields):
 
 
 def test_sequencer_stops_when_the_unit_refuses_the_call():
-    from moeaccel.hw.attention_sequencer import AttentionSequencer, sequencer_command
+    from moeaccel.formats.attention import sequencer_command
+    from moeaccel.hw.attention_sequencer import AttentionSequencer
     config = preset("tiny")
     dut = AttentionSequencer(config, 12)
     shape = AttentionShape(4, 8, 2, 2, 8)

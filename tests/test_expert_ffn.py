@@ -61,17 +61,17 @@ def test_moe_layers_through_the_engine():
 
 
 @pytest.mark.sim
-def test_ffn_engine_small_cases():
+def test_expert_ffn_small_cases():
     run_engine("tiny", SMALL)
 
 
 @pytest.mark.sim
-def test_ffn_engine_largest_tiny_expert():
+def test_expert_ffn_largest_tiny_expert():
     run_engine("tiny", LARGEST)
 
 
 @pytest.mark.sim
-def test_ffn_engine_pynq_z2_mixed_patterns():
+def test_expert_ffn_pynq_z2_mixed_patterns():
     run_engine("pynq-z2", [
         _case("expert", "swiglu", "2:4", 3, 96, 160, seed=9),
         _case("linear", "gelu", "4:8", 2, 200, 24, seed=10),

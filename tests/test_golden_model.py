@@ -1,6 +1,8 @@
 """The golden model: float reference, the bundled ONNX exports, and the integer reference's measured
 bound against the float one (the bound docs/numerics.md states)."""
 
+import math
+
 import numpy as np
 import onnxruntime
 import pytest
@@ -112,12 +114,25 @@ def test_integer_layer_is_integer_and_deterministic():
 MIN_ROUTING_AGREEMENT = {"small": 0.6}
 
 
+def test_errors_over_no_token_routed_alike_are_not_a_number():
+    """When the integer router sends no token where the float one does, the output and gate
+    errors cover nothing: they are NaN, never 0, so no bound can hold over them."""
+    from moeaccel.sw.accuracy import measure
+    spec = SPECS["mixtral"]
+    layer = MoELayer(spec)
+    x = torch.randn(64, spec.d_model, generator=torch.Generator().manual_seed(3))
+    quantized = QuantizedMoE.from_float(layer, x)
+    quantized.router.logits.weight = -quantized.router.logits.weight     # the worst experts
+    result = measure(layer, quantized, x)
+    assert result.routing_agreement == 0 and result.routed_alike == 0
+    assert math.isnan(result.max_error_lsb) and math.isnan(result.max_gate_error)
+
+
 @pytest.mark.parametrize("model", SPECS)
 def test_integer_reference_within_stated_bound_of_float(model):
     for row in measure_cases(SPECS[model], seed=0, tokens=1024):
         context = f"{model} on {row['inputs']} inputs ({row['calibration']})"
         assert row["routing_agreement"] >= MIN_ROUTING_AGREEMENT.get(row["inputs"], 0.8), context
-        assert row["routed_alike"] == round(row["routing_agreement"] * row["tokens"]), context
         assert row["cosine"] >= 0.94, context
         assert row["max_gate_error"] <= 0.03, context
         if row["calibration"] == "same tokens":

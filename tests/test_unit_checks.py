@@ -3,8 +3,11 @@
 
 Commands are drawn near the configuration's limits, where the rules bite: each field is 0, 1, a
 value around one of the configuration's limits, the largest its width holds, or random; 7 in 10
-start from a legal command with one or two fields changed. A command the check takes must start
-the unit (``busy``); the unit is then reset for the next one.
+start from one of a few legal commands with one or two fields changed, and each legal command is
+also offered with every value of each enum field. A command the check takes
+must start the unit (``busy``); the unit is then reset for the next one. Every rule a command can
+break must be the only reason of at least one command offered, so no rule goes untested; and the
+check gives the same verdict when an enum field is written as its integer.
 """
 
 import random
@@ -16,7 +19,9 @@ from amaranth.sim import Simulator
 
 from moeaccel.config import preset
 from moeaccel.formats import attention, expert_ffn, router
+from moeaccel.formats.expert_ffn import pattern_bits
 from moeaccel.formats.router import RouterMode
+from moeaccel.formats.rules import Fields
 
 COMMANDS = 500
 
@@ -30,8 +35,7 @@ def _limits(config) -> list[int]:
 
 
 def _draw(rng: random.Random, shape, limits) -> int:
-    width = shape.width
-    top = (1 << width) - 1
+    top = (1 << shape.width) - 1
     choice = rng.random()
     if choice < 0.2:
         return min(top, rng.choice([0, 1, 2]))
@@ -42,11 +46,11 @@ def _draw(rng: random.Random, shape, limits) -> int:
     return rng.randint(0, top)
 
 
-def random_command(rng: random.Random, layout: data.StructLayout, config, legal: dict) -> dict:
+def random_command(rng: random.Random, layout: data.StructLayout, config, legal: list) -> dict:
     limits = _limits(config)
     names = [name for name, _ in layout]
     if rng.random() < 0.7:
-        command = dict(legal)
+        command = dict(rng.choice(legal))
         changed = rng.sample(names, rng.choice([1, 1, 2]))
     else:
         command, changed = {}, names
@@ -61,14 +65,29 @@ def random_command(rng: random.Random, layout: data.StructLayout, config, legal:
     return command
 
 
-def agree(unit, layout, check, config, legal: dict, seed: int) -> tuple[int, int]:
-    """Offer `COMMANDS` random commands; return how many the RTL refused and took."""
+def _as_integers(command: dict) -> dict:
+    return {name: value.value if isinstance(value, enum.Enum) else value
+            for name, value in command.items()}
+
+
+def agree(unit, layout, check, rules, config, legal: list, seed: int,
+          unreachable=()) -> tuple[int, int]:
+    """Offer `COMMANDS` random commands (and the enum variations of `legal`); return how many the
+    RTL refused and took. Every rule but
+    those at the indices in `unreachable` must be the only reason of some command."""
+    for command in legal:
+        assert not check(config, command), command
     rng = random.Random(seed)
     reset = Signal()
     top = Module()
     top.submodules.unit = ResetInserter(reset)(unit)
     commands = [random_command(rng, layout, config, legal) for _ in range(COMMANDS)]
+    # and every member of every enum field in each legal command
+    commands += [dict(command, **{name: member}) for command in legal for name, field in layout
+                 if isinstance(field.shape, type) and issubclass(field.shape, enum.Enum)
+                 for member in field.shape]
     counts = {"refused": 0, "taken": 0}
+    alone = set()
 
     async def bench(ctx):
         for index, command in enumerate(commands):
@@ -77,10 +96,14 @@ def agree(unit, layout, check, config, legal: dict, seed: int) -> tuple[int, int
             await ctx.tick()
             ctx.set(unit.cmd.valid, 0)
             reasons = check(config, command)
+            assert check(config, _as_integers(command)) == reasons, (index, command)
             refused, busy = ctx.get(unit.error), ctx.get(unit.busy)
             assert bool(refused) == bool(reasons), (index, command, reasons)
             assert bool(busy) == (not reasons), (index, command)
             counts["refused" if refused else "taken"] += 1
+            broken = [n for n, (_, bad) in enumerate(rules(config, Fields.of(command))) if bad]
+            if len(broken) == 1:
+                alone.add(broken[0])
             ctx.set(reset, 1)
             await ctx.tick()
             ctx.set(reset, 0)
@@ -89,6 +112,8 @@ def agree(unit, layout, check, config, legal: dict, seed: int) -> tuple[int, int
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+    every = set(range(len(rules(config, Fields.of(legal[0]))))) - set(unreachable)
+    assert every <= alone, f"rules never the only reason: {sorted(every - alone)}"
     return counts["refused"], counts["taken"]
 
 
@@ -99,12 +124,24 @@ CONFIGS = ["tiny", "pynq-z2"]
 def test_expert_ffn_refuses_exactly_what_check_refuses(name):
     from moeaccel.hw.expert_ffn import FFNEngine
     config = preset(name)
-    legal = expert_ffn.pass_command(config, 3, config.max_d_model, config.max_d_ff,
-                                    config.patterns[-1], swiglu=True, activation=True,
-                                    to_buffer=True)
-    assert not expert_ffn.check(config, legal)
+    sparse, dense = config.patterns[-1], config.patterns[0]
+    drain_tokens = config.max_tokens // 2 + 1
+    legal = [
+        expert_ffn.pass_command(config, 3, config.max_d_model, config.max_d_ff, sparse,
+                                swiglu=True, activation=True, to_buffer=True,
+                                swiglu_multiplier=1 << 14, swiglu_shift=20),
+        expert_ffn.pass_command(config, 5, 64, 40, dense, activation=True, to_buffer=True),
+        expert_ffn.pass_command(config, 7, 40, 64, sparse, src=1, accumulate=True),
+        expert_ffn.pass_command(config, 6, 1, 64, dense, drain=True, to_buffer=True),
+        expert_ffn.pass_command(config, 2, 64, 24, dense),
+        # a drain out on `o` just inside the output accumulator: more tokens overflow it alone
+        dict(expert_ffn.pass_command(config, drain_tokens, 1, 1, dense, drain=True),
+             tiles=config.out_buffer_words // drain_tokens),
+    ]
+    # A pattern index beyond the built ones fits the field only when the patterns leave room.
+    unreachable = [3] if 1 << pattern_bits(config) == len(config.patterns) else []
     refused, taken = agree(FFNEngine(config), expert_ffn.ffn_command(config), expert_ffn.check,
-                           config, legal, seed=11)
+                           expert_ffn.rules, config, legal, seed=11, unreachable=unreachable)
     assert refused > 50 and taken > 50, (refused, taken)
 
 
@@ -112,11 +149,13 @@ def test_expert_ffn_refuses_exactly_what_check_refuses(name):
 def test_router_refuses_exactly_what_check_refuses(name):
     from moeaccel.hw.router import Router
     config = preset(name)
-    legal = {"tokens": 4, "experts": 8, "k": 2, "mode": RouterMode.SIGMOID_BIAS, "groups": 4,
-             "group_size": 2, "topk_groups": 2, "compute": 1, "chunks": 1}
-    assert not router.check(config, legal)
-    refused, taken = agree(Router(config), router.router_command(config), router.check, config,
-                           legal, seed=12)
+    base = {"tokens": 4, "experts": 8, "k": 2, "mode": RouterMode.SIGMOID_BIAS, "groups": 4,
+            "group_size": 2, "topk_groups": 2, "compute": 1, "chunks": 1}
+    legal = [base,
+             dict(base, mode=RouterMode.SOFTMAX_TOPK, groups=1, topk_groups=1, compute=0),
+             dict(base, mode=RouterMode.TOP1, k=1, groups=1, topk_groups=1, tokens=9)]
+    refused, taken = agree(Router(config), router.router_command(config), router.check,
+                           router.rules, config, legal, seed=12)
     assert refused > 50 and taken > 50, (refused, taken)
 
 
@@ -124,9 +163,9 @@ def test_router_refuses_exactly_what_check_refuses(name):
 def test_attention_refuses_exactly_what_check_refuses(name):
     from moeaccel.hw.attention import Attention
     config = preset(name)
-    legal = {"seq_q": 3, "seq_kv": 5, "kv_heads": 2, "rep": 2, "head_words": 1, "causal": 1,
-             "score_mult": 1 << 14, "score_shift": 20, "out_mult": 1 << 14, "out_shift": 20}
-    assert not attention.check(config, legal)
+    base = {"seq_q": 3, "seq_kv": 5, "kv_heads": 2, "rep": 2, "head_words": 1, "causal": 1,
+            "score_mult": 1 << 14, "score_shift": 20, "out_mult": 1 << 14, "out_shift": 20}
+    legal = [base, dict(base, seq_q=9, seq_kv=4, kv_heads=4, rep=1, causal=0)]
     refused, taken = agree(Attention(config), attention.attention_command(config), attention.check,
-                           config, legal, seed=13)
+                           attention.rules, config, legal, seed=13)
     assert refused > 50 and taken > 50, (refused, taken)

@@ -9,10 +9,11 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
 from .numbers import MULT_BITS, SHIFT_BITS, SHIFT_MAX, count_bits
-from .rules import Fields, check_rules
+from .rules import Fields, check_rules, normalise
 
-__all__ = ["AttentionShape", "group_keys", "INPUT_KINDS", "ATTENTION_COUNTERS", "attention_command",
-           "attention_word", "command_fields", "padded_shape", "rules", "check"]
+__all__ = ["AttentionShape", "group_keys", "ATTENTION_COUNTERS", "attention_command",
+           "attention_word", "command_fields", "padded_shape", "rules", "check",
+           "SEQUENCER_COUNTERS", "sequencer_command"]
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,6 @@ def group_keys(shape: AttentionShape, first_row: int, rows: int) -> int:
     return min(shape.seq_kv, shape.offset + first_row + rows)
 
 
-# The kinds of inputs `sw.attention.random_inputs` draws for tests and benchmarks.
-INPUT_KINDS = ("random", "extreme", "peaked", "flat")
-
-
 # Counters of one call (`perf`), cleared when a call starts.
 ATTENTION_COUNTERS = data.StructLayout({
     "busy_cycles": unsigned(32),           # cycles with a call under way
@@ -73,6 +70,13 @@ ATTENTION_COUNTERS = data.StructLayout({
     "words_out": unsigned(32),             # O words given
     "input_stall_cycles": unsigned(32),    # cycles a phase that takes words found none
     "output_stall_cycles": unsigned(32),   # cycles an O word waited for the `out` stream
+})
+
+
+# Counters of the attention sequencer's memory traffic (`perf`), cleared when a call starts.
+SEQUENCER_COUNTERS = data.StructLayout({
+    "words_read": unsigned(32),            # Q, K and V words read from the memory
+    "words_written": unsigned(32),         # O words written to it
 })
 
 
@@ -99,6 +103,15 @@ def attention_command(config) -> data.StructLayout:
 def attention_word(config) -> data.StructLayout:
     """One bus word of Q, K, V or O: ``axi_data_bytes`` int8 values of one head."""
     return data.StructLayout({"data": data.ArrayLayout(signed(8), config.axi_data_bytes)})
+
+
+def sequencer_command(config, address_bits: int) -> data.StructLayout:
+    """An attention call for the attention sequencer: the unit's command and the word addresses of
+    the Q, K, V and O row arrays (rows of ``heads`` or ``kv_heads`` x ``head_words`` words,
+    packed)."""
+    address = unsigned(address_bits)
+    return data.StructLayout({"attention": attention_command(config), "q_base": address,
+                              "k_base": address, "v_base": address, "o_base": address})
 
 
 def command_fields(config, shape: AttentionShape, params) -> dict:
@@ -141,5 +154,6 @@ def rules(config, c):
 
 
 def check(config, command: dict) -> list[str]:
-    """What the attention unit refuses in a decoded `attention_command` (empty: it runs)."""
-    return check_rules(rules(config, Fields.of(command)))
+    """What the attention unit refuses in an `attention_command` (empty: it runs)."""
+    command, reasons = normalise(attention_command(config), command)
+    return reasons or check_rules(rules(config, Fields.of(command)))

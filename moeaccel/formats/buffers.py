@@ -3,13 +3,15 @@ bytes (`buffer_bytes`), and the strides of rows in them."""
 
 from __future__ import annotations
 
-from amaranth.lib import enum
+from amaranth.hdl import signed
+from amaranth.lib import data, enum
 
+from . import records
 from .epilogue import ACTIVATION_TABLE, CHANNEL_PARAMS
 from .router import SELECTION_BIAS, TOKEN_GATE, dispatch_table, router_record
 
 __all__ = ["Buffer", "ACTIVATION_BUFFERS", "buffer_bytes", "act_row_bytes", "out_row_bytes",
-           "OUT_VALUE"]
+           "act_row", "out_value", "out_dtype"]
 
 
 class Buffer(enum.Enum, shape=4):
@@ -28,8 +30,20 @@ class Buffer(enum.Enum, shape=4):
 
 ACTIVATION_BUFFERS = (Buffer.ACT0, Buffer.ACT1)
 
-# OUT holds int32 values.
-OUT_VALUE = 4
+def act_row(config, width: int) -> data.ArrayLayout:
+    """A row of `width` int8 activations as DRAM holds it (tokens, attention's Q, K, V and O rows),
+    packed."""
+    return data.ArrayLayout(signed(config.act_bits), width)
+
+
+def out_value(config):
+    """The shape of an OUT value: the accumulator's int32."""
+    return signed(config.acc_bits)
+
+
+def out_dtype(config):
+    """The numpy dtype of an OUT value, as the buffer's bytes hold it."""
+    return records.dtype(out_value(config))
 
 
 def buffer_bytes(config) -> dict[Buffer, int]:
@@ -54,4 +68,4 @@ def act_row_bytes(config, width: int) -> int:
 
 def out_row_bytes(config, width: int) -> int:
     """Bytes between rows of `width` int32 values in OUT (whole tiles of ``mac_rows``)."""
-    return -(-width // config.mac_rows) * config.mac_rows * OUT_VALUE
+    return -(-width // config.mac_rows) * config.mac_rows * records.size(out_value(config))

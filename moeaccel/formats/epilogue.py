@@ -9,15 +9,21 @@ from amaranth.lib import data
 from .numbers import INT8_MAX, INT8_MIN, MULT_BITS, SHIFT_BITS
 from .records import Pair
 
-__all__ = ["CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_ENTRIES", "ACTIVATION_TABLE", "TABLE_WRITE",
+__all__ = ["REQUANT", "CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_ENTRIES", "ACTIVATION_TABLE", "TABLE_WRITE",
            "epilogue_in", "epilogue_out", "IDENTITY_TABLE"]
+
+# A requantisation by multiplier and shift (`sw.numerics.requantize`): a 15-bit multiplier and a 6-bit
+# shift on chip, a uint16 and a uint8 in DRAM.
+REQUANT = Pair("requantisation", {
+    "multiplier": (unsigned(MULT_BITS), unsigned(16)),
+    "shift": (unsigned(SHIFT_BITS), unsigned(8)),
+})
 
 # One output channel's bias and requantisation; in DRAM and in the PARAMS buffer an 8-byte record,
 # channel c (tile x mac_rows + row) at byte 8 c.
 CHANNEL_PARAMS = Pair("channel parameters", {
     "bias": (signed(32), signed(32)),
-    "multiplier": (unsigned(MULT_BITS), unsigned(16)),
-    "shift": (unsigned(SHIFT_BITS), unsigned(8)),
+    **REQUANT.fields,
 }, dram_bytes=8)
 
 # One output channel's operands: the int32 accumulator, its parameters, and whether the activation

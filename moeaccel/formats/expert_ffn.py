@@ -10,12 +10,12 @@ from amaranth.lib import data
 from .epilogue import CHANNEL_PARAMS
 from .numbers import MULT_BITS, SHIFT_BITS, SHIFT_MAX, count_bits, index_bits
 from .router import TOKEN_GATE
-from .rules import Fields, check_rules
+from .rules import Fields, check_rules, normalise
 
-__all__ = ["EXPERT_ACTIVATIONS", "EXPERT_FFN_COUNTERS", "weight_word", "weight_word_beats", "weight_word_bytes",
-           "chunk_inputs", "pattern_bits", "mac_in", "mac_out", "ffn_tag", "ffn_command", "ffn_out",
-           "act_write", "params_write", "gates_write", "pass_command", "weight_bytes", "rules",
-           "check"]
+__all__ = ["EXPERT_ACTIVATIONS", "EXPERT_FFN_COUNTERS", "weight_word", "weight_word_beats",
+           "weight_word_bytes", "chunk_inputs", "pattern_bits", "mac_in", "mac_out", "ffn_tag",
+           "ffn_command", "ffn_out", "act_write", "params_write", "gates_write", "tile_channels",
+           "pass_command", "weight_bytes", "rules", "check"]
 
 # The expert FFNs the engine runs: SwiGLU (gate and up fused in one pass), GELU and ReLU (the
 # activation table).
@@ -164,6 +164,12 @@ def gates_write(config) -> data.StructLayout:
     })
 
 
+def tile_channels(config, swiglu: bool) -> int:
+    """Output channels a tile of ``mac_rows`` array rows produces: half of them under SwiGLU (the
+    other half are the up channels the gate channels multiply)."""
+    return config.mac_rows // 2 if swiglu else config.mac_rows
+
+
 def pass_command(config, tokens: int, inputs: int, outputs: int, pattern, *, swiglu=False,
                  activation=False, src=0, to_buffer=False, accumulate=False, drain=False,
                  swiglu_multiplier=0, swiglu_shift=0) -> dict:
@@ -171,7 +177,7 @@ def pass_command(config, tokens: int, inputs: int, outputs: int, pattern, *, swi
     `SparsityPattern` built into `config`): ``outputs`` channels in tiles of ``mac_rows`` (of
     ``mac_rows/2`` hidden channels under SwiGLU), ``inputs`` in chunks of `chunk_inputs`, rows in
     whole activation words. Nothing is checked here: `check` says what the engine refuses."""
-    per_tile = config.mac_rows // 2 if swiglu else config.mac_rows
+    per_tile = tile_channels(config, swiglu)
     tiles = -(-outputs // per_tile)
     return {
         "tokens": tokens, "tiles": tiles, "chunks": -(-inputs // chunk_inputs(config, pattern)),
@@ -231,5 +237,6 @@ def rules(config, c):
 
 
 def check(config, command: dict) -> list[str]:
-    """What the engine refuses in a decoded `ffn_command` (empty: it runs)."""
-    return check_rules(rules(config, Fields.of(command)))
+    """What the engine refuses in an `ffn_command` (empty: it runs)."""
+    command, reasons = normalise(ffn_command(config), command)
+    return reasons or check_rules(rules(config, Fields.of(command)))

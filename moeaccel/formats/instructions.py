@@ -18,7 +18,9 @@ from amaranth.lib import data, enum
 
 from . import attention, expert_ffn, router, vector
 from .buffers import Buffer, buffer_bytes
+from .epilogue import REQUANT
 from .numbers import MULT_BITS, SHIFT_BITS, count_bits
+from .records import Pair
 from .vector import VectorOp
 
 __all__ = ["INSTRUCTION_BITS", "INSTRUCTION_BYTES", "ADDRESS_BITS", "SRAM_ADDRESS_BITS", "Opcode",
@@ -173,19 +175,16 @@ def vector_body(config) -> data.StructLayout:
     })
 
 
-# EXPERT_LOOP: one expert's descriptor, at DRAM ``table + e x`` its size: DRAM offsets of its
-# first-pass weights (gate/up fused under SwiGLU, `compiler.plan.fuse_swiglu`), its down weights,
-# their PARAMS images, its activation table, and the SwiGLU requantisation.
-DESCRIPTOR = data.StructLayout({
-    "first": unsigned(ADDRESS_BITS),
-    "down": unsigned(ADDRESS_BITS),
-    "first_params": unsigned(ADDRESS_BITS),
-    "down_params": unsigned(ADDRESS_BITS),
-    "table": unsigned(ADDRESS_BITS),
-    "swiglu_multiplier": unsigned(16),
-    "swiglu_shift": unsigned(8),
-    "reserved": unsigned(72),
-})
+# EXPERT_LOOP: one expert's descriptor, a 32-byte record at DRAM ``table + e x`` its size: DRAM
+# offsets of its first-pass weights (gate/up fused under SwiGLU, `compiler.plan.fuse_swiglu`), its
+# down weights, their PARAMS images, its activation table, and the SwiGLU requantisation.
+_ADDRESS = (unsigned(ADDRESS_BITS), unsigned(ADDRESS_BITS))
+DESCRIPTOR = Pair("expert descriptor", {
+    "first": _ADDRESS, "down": _ADDRESS, "first_params": _ADDRESS, "down_params": _ADDRESS,
+    "table": _ADDRESS,
+    "swiglu_multiplier": REQUANT.fields["multiplier"],
+    "swiglu_shift": REQUANT.fields["shift"],
+}, dram_bytes=32)
 
 
 @functools.cache
@@ -280,14 +279,10 @@ def check(config, opcode: Opcode, fields: dict) -> list[str]:
 
 def expert_check(config, fields: dict, tokens: int, swiglu_multiplier: int,
                  swiglu_shift: int) -> list[str]:
-    """What the hardware refuses of one expert of an EXPERT_LOOP: its two commands' `check`, and a
-    SwiGLU requantisation (from its descriptor) beyond the shifts the engine takes."""
+    """What the hardware refuses of one expert of an EXPERT_LOOP, its descriptor's values already
+    within their on-chip fields (`DESCRIPTOR.refusals`): its two commands' `check`."""
     reasons = []
-    if swiglu_multiplier >> MULT_BITS or swiglu_shift >> SHIFT_BITS:
-        reasons.append(f"the SwiGLU requantisation {swiglu_multiplier} >> {swiglu_shift} does not "
-                       f"fit the engine's {MULT_BITS}-bit multiplier and {SHIFT_BITS}-bit shift")
     for name, command in zip(("first", "down"), expert_loop_commands(
-            config, fields, tokens, swiglu_multiplier & ((1 << MULT_BITS) - 1),
-            swiglu_shift & ((1 << SHIFT_BITS) - 1))):
+            config, fields, tokens, swiglu_multiplier, swiglu_shift)):
         reasons += [f"the {name} pass: {reason}" for reason in expert_ffn.check(config, command)]
     return reasons

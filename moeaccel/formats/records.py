@@ -92,7 +92,8 @@ class Pair:
 
     ``fields`` maps a name to ``(onchip, dram)``: the on-chip shape, or a function of the
     `AccelConfig` giving it, and the DRAM shape. A configuration whose on-chip field is wider than
-    its DRAM field is refused, naming both.
+    its DRAM field is refused, naming both. A DRAM value its on-chip field cannot hold is refused
+    when a unit reads it (`refusals`), never truncated.
     """
 
     name: str
@@ -118,6 +119,24 @@ class Pair:
 
     def onchip(self, config=None) -> data.StructLayout:
         return data.StructLayout(self.onchip_fields(config))
+
+    def refusals(self, config, values: np.ndarray, what: str) -> list[str]:
+        """The values of DRAM records `values` (read with `dram`) that their on-chip fields cannot
+        hold, one reason a field (the first record that breaks it)."""
+        found = []
+        for name, shape in self.onchip_fields(config).items():
+            if isinstance(shape, data.Layout):
+                continue
+            shape = Shape.cast(shape)
+            width = shape.width
+            low, high = ((-(1 << (width - 1)), (1 << (width - 1)) - 1) if shape.signed
+                         else (0, (1 << width) - 1))
+            column = np.asarray(values[name]).astype(np.int64).reshape(-1)
+            bad = np.nonzero((column < low) | (column > high))[0]
+            if bad.size:
+                found.append(f"{what} {int(bad[0])}: {name}={int(column[bad[0]])} does not fit its "
+                             f"{width} bits on chip ({low} .. {high})")
+        return found
 
     def onchip_fields(self, config=None) -> dict:
         """The on-chip shapes by name, to place the record's fields inside another layout."""

@@ -7,12 +7,13 @@ from __future__ import annotations
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum
 
-from .numbers import BIAS_BITS, GATE_BITS, LOGIT_BITS, MULT_BITS, SHIFT_BITS, count_bits, index_bits
+from .epilogue import REQUANT
+from .numbers import BIAS_BITS, GATE_BITS, LOGIT_BITS, count_bits, index_bits
 from .records import Pair
-from .rules import Fields, check_rules
+from .rules import Fields, check_rules, normalise
 
 __all__ = ["ROUTER_MODES", "RouterMode", "TOKEN_GATE", "DISPATCH_COUNT", "LOGIT", "SELECTION_BIAS",
-           "LOGIT_REQUANT", "ROUTER_COUNTERS", "router_command", "router_token",
+           "ROUTER_COUNTERS", "router_command", "router_token",
            "router_weight_write", "bias_write", "router_record", "dispatch_table", "rules", "check"]
 
 # How the router turns logits into gate weights (`RouterMode` in the same order).
@@ -58,12 +59,6 @@ LOGIT = Pair("router logit", {"value": (signed(LOGIT_BITS), signed(16))})
 # A sigmoid_bias selection bias (Q15), one per expert: ROUTER_BIAS holds an int32 each.
 SELECTION_BIAS = Pair("selection bias", {"bias": (signed(BIAS_BITS), signed(32))})
 
-# The requantisation of an expert's logit (int32 accumulator to Q8).
-LOGIT_REQUANT = Pair("logit requantisation", {
-    "multiplier": (unsigned(MULT_BITS), unsigned(16)),
-    "shift": (unsigned(SHIFT_BITS), unsigned(8)),
-})
-
 # Counters of one router run (`perf`), cleared when a run starts.
 ROUTER_COUNTERS = data.StructLayout({
     "busy_cycles": unsigned(32),       # cycles with a run under way
@@ -102,7 +97,7 @@ def router_weight_write(config) -> data.StructLayout:
         "expert": unsigned(index_bits(config.max_experts)),
         "chunk": unsigned(index_bits(config.router_chunks)),
         "data": data.ArrayLayout(signed(8), config.router_lanes),
-        **LOGIT_REQUANT.onchip_fields(config),
+        **REQUANT.onchip_fields(config),
     })
 
 
@@ -116,10 +111,11 @@ def bias_write(config) -> data.StructLayout:
 
 def router_record(config) -> data.StructLayout:
     """ROUTER_WEIGHTS: expert e's record at byte ``e x`` its size: its ``router_chunks x
-    router_lanes`` int8 weights (zero-padded), its logit's requantisation, a reserved byte."""
+    router_lanes`` int8 weights (zero-padded), its logit's requantisation (int32 accumulator to Q8,
+    `epilogue.REQUANT`), a reserved byte."""
     return data.StructLayout({
         "weights": data.ArrayLayout(signed(8), config.router_chunks * config.router_lanes),
-        "requant": LOGIT_REQUANT.dram,
+        "requant": REQUANT.dram,
         "reserved": unsigned(8),
     })
 
@@ -163,5 +159,6 @@ def rules(config, c):
 
 
 def check(config, command: dict) -> list[str]:
-    """What the router refuses in a decoded `router_command` (empty: it runs)."""
-    return check_rules(rules(config, Fields.of(command)))
+    """What the router refuses in a `router_command` (empty: it runs)."""
+    command, reasons = normalise(router_command(config), command)
+    return reasons or check_rules(rules(config, Fields.of(command)))

@@ -4,9 +4,11 @@ A unit's rules are a function ``rules(config, command)`` returning ``(reason, re
 ``refused`` is built from the command's fields with ``==``, ``<``, ``>``, ``*``, ``+``, ``&`` and
 ``|`` only, so the same expression is a Python bool when `command` is a decoded command (a `Fields`)
 and an Amaranth value when it is the view of a command stream's payload; ``reason`` is a function
-giving the message, called only in Python. `check` lists the reasons of a decoded command;
-`refused_by` is the RTL's ``illegal`` signal. (No ``~``, ``-`` or ``Mux`` in a rule: ``~1`` is -2 in
-Python, and an unsigned difference wraps in hardware.)
+giving the message, called only in Python. `check_rules` lists the reasons of a decoded command
+(its enum fields made members first, `normalise`); `refused_by` is the RTL's ``illegal`` signal.
+No ``~``, ``-``, ``not``, ``and``/``or``, ``in`` or ``Mux`` in a rule: ``~1`` is -2 in Python, an
+unsigned difference wraps in hardware, and an Amaranth value has no truth value; `mod` stands for
+``%`` (Python refuses a modulus of 0, the hardware gives 0).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import functools
 import operator
 from types import SimpleNamespace
 
-__all__ = ["Fields", "check_rules", "refused_by"]
+from amaranth.lib import data, enum
+
+__all__ = ["Fields", "normalise", "check_rules", "refused_by", "mod"]
 
 
 class Fields(SimpleNamespace):
@@ -25,6 +29,33 @@ class Fields(SimpleNamespace):
     def of(cls, fields: dict) -> "Fields":
         return cls(**{name: cls.of(value) if isinstance(value, dict) else value
                       for name, value in fields.items()})
+
+
+def normalise(layout: data.StructLayout, fields: dict) -> tuple[dict, list[str]]:
+    """`fields` with every enum field of `layout` a member of its enum (a decoded command holds
+    members, a hand-written one may hold integers); the reasons for values no member has."""
+    out, reasons = dict(fields), []
+    for name, field in layout:
+        if name not in out:
+            continue
+        shape = field.shape
+        if isinstance(shape, data.StructLayout) and isinstance(out[name], dict):
+            out[name], inner = normalise(shape, out[name])
+            reasons += inner
+        elif isinstance(shape, type) and issubclass(shape, enum.Enum) \
+                and not isinstance(out[name], shape):
+            try:
+                out[name] = shape(out[name])
+            except ValueError:
+                reasons.append(f"{name}={out[name]!r} is no {shape.__name__}")
+    return out, reasons
+
+
+def mod(a, b):
+    """``a % b`` in a rule: 0 when ``b`` is 0, as the hardware's remainder gives."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a % b if b else 0
+    return a % b
 
 
 def check_rules(rules) -> list[str]:

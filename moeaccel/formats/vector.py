@@ -8,7 +8,7 @@ from amaranth.lib import data, enum
 
 from .buffers import ACTIVATION_BUFFERS, Buffer
 from .numbers import SHIFT_MAX
-from .rules import Fields, check_rules
+from .rules import Fields, check_rules, mod, normalise
 
 __all__ = ["VectorOp", "norm_operands", "rope_table", "gate_weights", "operand_layout",
            "sources", "targets", "rules", "check"]
@@ -70,32 +70,40 @@ def targets(op: VectorOp) -> tuple[Buffer, ...]:
 
 
 def rules(config, c):
-    """The vector unit's refusals of a VECTOR body `c` (`moeaccel.formats.rules`); `c.op` is a
-    decoded `VectorOp`."""
-    op = c.op
+    """The vector unit's refusals of a VECTOR body `c` (`moeaccel.formats.rules`)."""
     head_limit = config.attention_row_words * config.axi_data_bytes
-    found = [
-        (lambda: f"{op.name}: rows={c.rows} (at least 1)", c.rows == 0),
-        (lambda: f"{op.name}: width={c.width} (1 .. {config.max_inputs})",
+    requant, gate, rope = c.op == VectorOp.REQUANT, c.op == VectorOp.GATE, c.op == VectorOp.ROPE
+    two = (c.op == VectorOp.ADD) | (c.op == VectorOp.MUL)
+
+    def activation(buffer):
+        return (buffer == Buffer.ACT0) | (buffer == Buffer.ACT1)
+
+    def names(buffers) -> str:
+        return " or ".join(b.name for b in buffers)
+
+    return [
+        (lambda: f"{c.op.name}: rows={c.rows} (at least 1)", c.rows == 0),
+        (lambda: f"{c.op.name}: width={c.width} (1 .. {config.max_inputs})",
          (c.width == 0) | (c.width > config.max_inputs)),
-        (lambda: f"{op.name}: shift={c.shift} is beyond {SHIFT_MAX}", c.shift > SHIFT_MAX),
+        (lambda: f"{c.op.name}: shift={c.shift} is beyond {SHIFT_MAX}", c.shift > SHIFT_MAX),
+        (lambda: f"{c.op.name} reads a from {names(sources(c.op))}, not {c.a.name}",
+         (requant & (c.a != Buffer.OUT)) | ((requant == 0) & (activation(c.a) == 0))),
+        (lambda: f"{c.op.name} reads b from {names(sources(c.op))}, not {c.b.name}",
+         two & (activation(c.b) == 0)),
+        (lambda: f"{c.op.name} writes {names(targets(c.op))}, not {c.dst.name}",
+         (gate & (c.dst != Buffer.GATES)) | ((gate == 0) & (activation(c.dst) == 0))),
+        (lambda: f"ROPE: rows of {c.width} are not whole heads of an even head_dim={c.head_dim} "
+                 f"(2 .. {head_limit})",
+         rope & ((c.head_dim < 2) | (mod(c.head_dim, 2) != 0) | (c.head_dim > head_limit)
+                 | (mod(c.width, c.head_dim) != 0))),
     ]
-    operands = ("a", "b") if op in TWO_OPERANDS else ("a",)
-    for name in operands:
-        buffer = getattr(c, name)
-        found.append((lambda name=name, buffer=buffer:
-                      f"{op.name} reads {name} from {' or '.join(b.name for b in sources(op))}, "
-                      f"not {buffer.name}", buffer not in sources(op)))
-    found.append((lambda: f"{op.name} writes {' or '.join(b.name for b in targets(op))}, not "
-                          f"{c.dst.name}", c.dst not in targets(op)))
-    if op is VectorOp.ROPE:
-        found.append((lambda: f"ROPE: rows of {c.width} are not whole heads of an even "
-                              f"head_dim={c.head_dim} (2 .. {head_limit})",
-                      (c.head_dim < 2) | (c.head_dim % 2 != 0) | (c.head_dim > head_limit)
-                      or c.width % c.head_dim != 0))
-    return found
+
+
+# The enum fields of a VECTOR body, made members before the rules read them.
+_ENUMS = data.StructLayout({"op": VectorOp, "a": Buffer, "b": Buffer, "dst": Buffer})
 
 
 def check(config, fields: dict) -> list[str]:
-    """What the vector unit refuses in a decoded VECTOR body (empty: it runs)."""
-    return check_rules(rules(config, Fields.of(fields)))
+    """What the vector unit refuses in a VECTOR body (empty: it runs)."""
+    fields, reasons = normalise(_ENUMS, fields)
+    return reasons or check_rules(rules(config, Fields.of(fields)))

@@ -4,7 +4,7 @@ Each case streams its Q, K and V words (`sw.attention.stream_words`) with random
 output words under random backpressure, and compares every word with the golden model's.
 
 Parameters: ``config`` (preset), ``overrides`` (AccelConfig fields), ``cases`` (dicts: ``seq_q``,
-``seq_kv``, ``heads``, ``kv_heads``, ``head_dim``, ``causal``, ``kind`` (`sw.attention.INPUT_KINDS`),
+``seq_kv``, ``heads``, ``kv_heads``, ``head_dim``, ``causal``, ``kind`` (`sw.inputs.ATTENTION_INPUT_KINDS`),
 ``seed``, ``idle``, ``backpressure``), optional ``report_file``.
 """
 

@@ -1,4 +1,4 @@
-"""Whole attention calls in Verilator: `sim.designs.attention_testbed.AttentionTestbed` (unit, sequencer and a
+"""Whole attention calls in Verilator: `sim.designs.attention_system.AttentionSystem` (unit, sequencer and a
 memory standing for DRAM), checked bit for bit against `sw.attention.attention_fixed`.
 
 The testbench loads Q, K and V into the memory, starts the call and leaves the simulator to run it
@@ -18,10 +18,9 @@ from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, with_timeout
 
 from ...config import preset
 from ...cycles import attention_cycles
-from ...formats.attention import ATTENTION_COUNTERS, command_fields
-from ...hw.attention_sequencer import sequencer_command
+from ...formats.attention import ATTENTION_COUNTERS, command_fields, sequencer_command
 from ...sw.attention import as_words, attention_fixed, random_inputs
-from ..designs.attention_testbed import testbed_words
+from ..designs.attention_system import system_words
 from ..harness import check_cases, reset, tb_params
 from .attention import case_shape, describe
 
@@ -47,9 +46,9 @@ async def run_case(dut, config, case: dict) -> dict:
     q_base, k_base = 0, len(images[0])
     v_base = k_base + len(images[1])
     o_base = v_base + len(images[2])
-    if o_base + len(expected) > testbed_words(config):
+    if o_base + len(expected) > system_words(config):
         raise ValueError(f"the case needs {o_base + len(expected)} memory words, the testbed has "
-                         f"{testbed_words(config)}")
+                         f"{system_words(config)}")
     dut.load__en.value = 1
     for address, value in enumerate(images[0] + images[1] + images[2]):
         dut.load__addr.value = address

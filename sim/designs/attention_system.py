@@ -15,11 +15,11 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ...config import AccelConfig
-from ...formats.attention import ATTENTION_COUNTERS, attention_word
+from ...formats.attention import ATTENTION_COUNTERS, attention_word, sequencer_command
 from ...hw.attention import Attention
-from ...hw.attention_sequencer import AttentionSequencer, sequencer_command
+from ...hw.attention_sequencer import AttentionSequencer
 
-__all__ = ["AttentionTestbed", "testbed_words", "WORD_RAM_VERILOG"]
+__all__ = ["AttentionSystem", "system_words", "WORD_RAM_VERILOG"]
 
 WORD_RAM_VERILOG = """
 module moeaccel_word_ram #(parameter WIDTH = 64, parameter DEPTH = 1024, parameter AW = 10) (
@@ -39,15 +39,15 @@ endmodule
 """
 
 
-def testbed_words(config: AccelConfig) -> int:
+def system_words(config: AccelConfig) -> int:
     """Memory words: Q, K, V and O arrays of the longest sequence at the widest row."""
     return 4 * config.max_seq_len * config.attention_row_words
 
 
-class AttentionTestbed(wiring.Component):
+class AttentionSystem(wiring.Component):
     def __init__(self, config: AccelConfig):
         self.config = config
-        self.words = testbed_words(config)
+        self.words = system_words(config)
         self.address_bits = (self.words - 1).bit_length()
         word = attention_word(config)
         super().__init__({
@@ -87,7 +87,7 @@ class AttentionTestbed(wiring.Component):
             self.error.eq(unit.error),
             self.perf.eq(unit.perf),
             sequencer.abort.eq(unit.error),
-            self.dram_reads.eq(sequencer.reads),
-            self.dram_writes.eq(sequencer.writes),
+            self.dram_reads.eq(sequencer.perf.words_read),
+            self.dram_writes.eq(sequencer.perf.words_written),
         ]
         return m
