@@ -24,7 +24,7 @@ from ..formats.numbers import LOGIT_BITS
 from ..formats.rules import normalise
 from ..formats.router import (DISPATCH_COUNT, LOGIT, SELECTION_BIAS, TOKEN_GATE, RouterMode,
                               dispatch_table, router_record)
-from ..formats.vector import VectorOp, operand_layout
+from ..formats.vector import EPS_LIMIT, VectorOp, operand_layout
 from ..sw import attention as sa
 from ..sw import numerics as nx
 from ..sw import vector as sv
@@ -282,6 +282,9 @@ def _vector(config: AccelConfig, memory: Memory, fields: dict) -> None:
         b = memory.rows(fields["b"], rows, width, stride, "MUL input b")
         y = sv.multiply(a, b, mult, shift)
     elif op in (VectorOp.RMSNORM, VectorOp.LAYERNORM):
+        if not 0 <= int(params["eps_q"]) < EPS_LIMIT:
+            raise Stop(ErrorCode.BAD_FIELD, f"{op.name}: eps_q={int(params['eps_q'])} at DRAM "
+                                            f"{fields['params']:#x} is outside [0, 2**62)")
         weight = torch.from_numpy(params["weight"].astype(np.int64))
         bias = torch.from_numpy(params["bias"].astype(np.int64))
         norm = sv.rmsnorm if op is VectorOp.RMSNORM else sv.layernorm

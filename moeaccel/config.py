@@ -105,6 +105,7 @@ class AccelConfig:
     max_k: int = 8
     max_groups: int = 8                        # expert groups of group-limited routing
     router_lanes: int = 16                     # int8 MACs of the router's logits GEMM
+    vector_lanes: int = 4                      # elements a cycle through the vector unit
     expert_capacity: int = 0                   # dispatch-table slots per expert; 0: max_tokens
     max_seq_len: int = 1024
     max_heads: int = 16
@@ -158,6 +159,12 @@ class AccelConfig:
             fail(f"max_k must be at most 16, not {self.max_k}")
         if not _power_of_two(self.router_lanes) or self.router_lanes > 256:
             fail(f"router_lanes must be a power of two from 1 to 256, not {self.router_lanes!r}")
+        if not _power_of_two(self.vector_lanes) or self.vector_lanes > 64:
+            fail(f"vector_lanes must be a power of two from 1 to 64, not {self.vector_lanes!r}")
+        if 2 * self.vector_lanes > self.attention_row_words * self.axi_data_bytes:
+            fail(f"vector_lanes={self.vector_lanes}: ROPE rotates heads of whole pairs of lane words, "
+                 f"so 2 x vector_lanes must not exceed the widest head, "
+                 f"{self.attention_row_words * self.axi_data_bytes}")
         if not isinstance(self.max_groups, int) or not 1 <= self.max_groups <= self.max_experts:
             fail(f"max_groups must be between 1 and max_experts={self.max_experts}, "
                  f"not {self.max_groups!r}")
@@ -314,26 +321,30 @@ PRESETS: dict[str, AccelConfig] = {
         name="tiny", mac_rows=4, mac_cols=8,
         weight_buffer_bytes=4096, act_buffer_bytes=16 * 1024, out_buffer_bytes=32 * 1024,
         max_tokens=64, max_d_model=128, max_d_ff=256, max_experts=64, max_k=8, max_seq_len=1024,
-        max_heads=8, attention_group=4, axi_data_width=64, clock_mhz=100.0, router_lanes=8),
+        max_heads=8, attention_group=4, axi_data_width=64, clock_mhz=100.0, router_lanes=8,
+        vector_lanes=4),
     # PYNQ-Z2 (xc7z020: 220 DSP48E1, 140 BRAM36): 128 MAC lanes leave DSPs for the epilogue and router.
     "pynq-z2": AccelConfig(
         name="pynq-z2", mac_rows=8, mac_cols=16,
         weight_buffer_bytes=64 * 1024, act_buffer_bytes=64 * 1024, out_buffer_bytes=128 * 1024,
         max_tokens=256, max_d_model=1024, max_d_ff=4096, max_experts=64, max_k=8, max_seq_len=1024,
-        max_heads=16, attention_group=4, axi_data_width=64, clock_mhz=100.0, router_lanes=32),
+        max_heads=16, attention_group=4, axi_data_width=64, clock_mhz=100.0, router_lanes=32,
+        vector_lanes=8),
     # KV260 (xck26: 1248 DSP48E2, 144 BRAM36 + 64 URAM).
     "kv260": AccelConfig(
         name="kv260", mac_rows=16, mac_cols=32,
         weight_buffer_bytes=256 * 1024, act_buffer_bytes=128 * 1024, out_buffer_bytes=512 * 1024,
         max_tokens=512, max_d_model=4096, max_d_ff=8192, max_experts=128, max_k=8, max_seq_len=2048,
-        max_heads=32, attention_group=4, axi_data_width=128, clock_mhz=200.0, router_lanes=32),
+        max_heads=32, attention_group=4, axi_data_width=128, clock_mhz=200.0, router_lanes=32,
+        vector_lanes=16),
     # ZCU104 (xczu7ev: 1728 DSP48E2, 312 BRAM36 + 96 URAM): DeepSeek-V3-scale routing.
     "zcu104": AccelConfig(
         name="zcu104", mac_rows=32, mac_cols=32,
         weight_buffer_bytes=1024 * 1024, act_buffer_bytes=256 * 1024, out_buffer_bytes=1024 * 1024,
         max_tokens=1024, max_d_model=8192, max_d_ff=16384, max_experts=256, max_k=8, max_seq_len=4096,
         expert_capacity=256,
-        max_heads=64, attention_group=8, axi_data_width=128, clock_mhz=200.0, router_lanes=64),
+        max_heads=64, attention_group=8, axi_data_width=128, clock_mhz=200.0, router_lanes=64,
+        vector_lanes=16),
 }
 
 

@@ -4,10 +4,11 @@ constants here) and equal to the RTL's counts where a unit exists in RTL.
 
 Measured against RTL, cycle for cycle: `ffn_pass_cycles` (the Expert-FFN engine's ``busy_cycles``,
 `tests/test_expert_ffn_cycles.py`), `router_cycles` (the router's, `tests/test_router.py`),
-`attention_cycles` (the attention unit with its sequencer, `tests/test_attention.py`). Modelled,
-with no RTL behind them until the accelerator top and the vector unit are built: `transfer_cycles`
-(a LOAD or STORE), the descriptor and parameter transfers and the ``prefetch`` overlap of
-`expert_loop_cycles`, a LINEAR's ``preloaded`` weights, and `vector_cycles`.
+`attention_cycles` (the attention unit with its sequencer, `tests/test_attention.py`),
+`vector_cycles` (the vector unit's, `tests/test_vector_unit.py`). Modelled, with no RTL behind them
+until the accelerator top is built: `transfer_cycles` (a LOAD or STORE), the descriptor and
+parameter transfers and the ``prefetch`` overlap of `expert_loop_cycles`, a LINEAR's ``preloaded``
+weights, and a VECTOR's operands reaching the unit as fast as it takes them.
 
 The emulator's timing (`instruction_cycles`), the benchmarks and the compiler's scheduler read this
 module; it imports no RTL.
@@ -29,7 +30,8 @@ __all__ = ["MAC_ARRAY_LATENCY", "EPILOGUE_LATENCY", "FFN_ISSUE_STAGES", "FFN_PAR
            "FFN_COMBINE_STAGES", "FFN_ACCUMULATE_STAGES", "FFN_DRAIN_READ_STAGES",
            "FFN_PASS_TAIL", "FFN_DRAIN_TAIL", "ROUTER_GEMM_STAGES", "ROUTER_DIVIDE_CYCLES",
            "ATTENTION_SETTLE_CYCLES", "ATTENTION_HEAD_DIVIDE_CYCLES", "ATTENTION_DRAIN_STAGES",
-           "WEIGHT_LEAD_CYCLES", "TRANSFER_SETUP_CYCLES", "ffn_pass_cycles", "router_cycles", "attention_cycles",
+           "WEIGHT_LEAD_CYCLES", "TRANSFER_SETUP_CYCLES", "VECTOR_LATENCY", "VECTOR_ROW_BANKS",
+           "VECTOR_RSQRT_CYCLES", "ffn_pass_cycles", "router_cycles", "attention_cycles",
            "transfer_cycles", "expert_loop_cycles", "vector_cycles", "instruction_cycles"]
 
 # -- the units' pipelines ------------------------------------------------------------------------
@@ -62,6 +64,13 @@ ATTENTION_DRAIN_STAGES = 2   # the accumulator read and the output register of a
 WEIGHT_LEAD_CYCLES = 3
 
 # The DMA engine (modelled until the accelerator top is built).
+# The vector unit (`hw.vector`).
+VECTOR_LATENCY = 8           # issue, read, c, c x b1, t, a2 x b2 + c2, x m, round and saturate
+VECTOR_ROW_BANKS = 3         # rows on chip: one streaming in, one waiting for its rsqrt, one leaving
+# `hw.vector.RowRsqrt`, from the cycle a row's rsqrt starts to the first cycle its result is
+# visible (and the next may start): normalise 1, square root 16, reciprocal 48, result and done 3.
+VECTOR_RSQRT_CYCLES = 68
+
 TRANSFER_SETUP_CYCLES = 8    # a LOAD or STORE: address set-up before its first beat
 
 
@@ -182,20 +191,34 @@ def expert_loop_cycles(config: AccelConfig, fields: dict, expert_tokens: list[in
     return total
 
 
-# Cycles per row beyond its words: the norms' square root and reciprocal, GATE's sigmoid.
-VECTOR_ROW_OVERHEAD = {VectorOp.RMSNORM: 64, VectorOp.LAYERNORM: 64, VectorOp.GATE: 16}
-
-
 def vector_cycles(config: AccelConfig, fields: dict) -> int:
-    """A VECTOR: an activation word a cycle per row (two passes over a row for the norms: the sums,
-    then the scaling), `VECTOR_ROW_OVERHEAD` per row, its operands from DRAM. (Modelled until the
-    vector unit is built and measured.)"""
-    op, rows, width = fields["op"], fields["rows"], fields["width"]
-    words = -(-width // config.act_word_bytes)
-    passes = 2 if op in vector.NORMS else 1
-    operands = vector.operand_layout(op, rows, width, fields["head_dim"])
-    load = transfer_cycles(config, 1, operands.size // 8) if operands is not None else 0
-    return load + rows * (passes * words + VECTOR_ROW_OVERHEAD.get(op, 0)) + 1
+    """A VECTOR (body `fields`): the vector unit's busy cycles, exactly as `hw.vector.VectorUnit`
+    counts them when its inputs keep pace and its outputs are taken at once (`busy_cycles`).
+
+    ADD, MUL, REQUANT and GATE issue a word a cycle: ``rows x words``, then the pipeline's
+    `VECTOR_LATENCY`. The norms and ROPE stream each row into one of `VECTOR_ROW_BANKS` banks (a
+    word a cycle, once a bank is free), the norms form the row's rsqrt (`VECTOR_RSQRT_CYCLES`, one
+    row at a time, in order), and the row leaves its bank a word a cycle after the row before it.
+    A command the unit refuses takes one cycle."""
+    if vector.check(config, fields):
+        return 1
+    op, rows = VectorOp(fields["op"]), fields["rows"]
+    words = vector.row_words(config, fields["width"])
+    if op not in vector.ROW_OPS:
+        return rows * words + VECTOR_LATENCY + 1
+    # cycle numbers: the command is accepted in cycle 0; *_end is a row's last word
+    in_end, rsqrt_start, out_end = [], [], []
+    for row in range(rows):
+        start = max(in_end[-1] + 1 if in_end else 1,
+                    out_end[row - VECTOR_ROW_BANKS] + 1 if row >= VECTOR_ROW_BANKS else 1)
+        in_end.append(start + words - 1)
+        ready = in_end[-1] + 1
+        if op in vector.NORMS:
+            rsqrt_start.append(max(ready, rsqrt_start[-1] + VECTOR_RSQRT_CYCLES if rsqrt_start
+                                   else ready))
+            ready = rsqrt_start[-1] + VECTOR_RSQRT_CYCLES
+        out_end.append(max(ready, out_end[-1] + 1 if out_end else ready) + words - 1)
+    return out_end[-1] + VECTOR_LATENCY + 1
 
 
 # -- an instruction ---------------------------------------------------------------------------------

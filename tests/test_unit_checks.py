@@ -18,9 +18,11 @@ from amaranth.lib import data, enum
 from amaranth.sim import Simulator
 
 from moeaccel.config import preset
-from moeaccel.formats import attention, expert_ffn, router
+from moeaccel.formats import attention, expert_ffn, router, vector
+from moeaccel.formats.buffers import Buffer
 from moeaccel.formats.expert_ffn import pattern_bits
 from moeaccel.formats.router import RouterMode
+from moeaccel.formats.vector import VectorOp
 from moeaccel.formats.rules import Fields
 
 COMMANDS = 500
@@ -71,9 +73,9 @@ def _as_integers(command: dict) -> dict:
 
 
 def agree(unit, layout, check, rules, config, legal: list, seed: int,
-          unreachable=()) -> tuple[int, int]:
-    """Offer `COMMANDS` random commands (and the enum variations of `legal`); return how many the
-    RTL refused and took. Every rule but
+          unreachable=(), directed=()) -> tuple[int, int]:
+    """Offer `COMMANDS` random commands (and the enum variations of `legal`, and the `directed`
+    ones); return how many the RTL refused and took. Every rule but
     those at the indices in `unreachable` must be the only reason of some command."""
     for command in legal:
         assert not check(config, command), command
@@ -86,6 +88,7 @@ def agree(unit, layout, check, rules, config, legal: list, seed: int,
     commands += [dict(command, **{name: member}) for command in legal for name, field in layout
                  if isinstance(field.shape, type) and issubclass(field.shape, enum.Enum)
                  for member in field.shape]
+    commands += list(directed)
     counts = {"refused": 0, "taken": 0}
     alone = set()
 
@@ -168,4 +171,27 @@ def test_attention_refuses_exactly_what_check_refuses(name):
     legal = [base, dict(base, seq_q=9, seq_kv=4, kv_heads=4, rep=1, causal=0)]
     refused, taken = agree(Attention(config), attention.attention_command(config), attention.check,
                            attention.rules, config, legal, seed=13)
+    assert refused > 50 and taken > 50, (refused, taken)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_vector_unit_refuses_exactly_what_check_refuses(name):
+    from moeaccel.hw.vector import VectorUnit
+    config = preset(name)
+    pair = 2 * config.vector_lanes
+    base = {"op": VectorOp.ADD, "rows": 3, "width": 40, "a": Buffer.ACT0, "b": Buffer.ACT1,
+            "dst": Buffer.ACT0, "params": 0, "multiplier": 1 << 14, "multiplier_b": 1 << 14,
+            "shift": 20, "head_dim": 0}
+    legal = [base,
+             dict(base, op=VectorOp.ROPE, width=3 * pair, head_dim=pair),
+             dict(base, op=VectorOp.GATE, rows=config.max_tokens, dst=Buffer.GATES),
+             dict(base, op=VectorOp.LAYERNORM, width=config.max_inputs, shift=47),
+             dict(base, op=VectorOp.REQUANT, a=Buffer.OUT, rows=1, width=1)]
+    # LayerNorm's widest row is wider than any configuration's max_inputs today.
+    unreachable = [8] if config.max_inputs <= vector.LAYERNORM_MAX_WIDTH else []
+    # a GATES entry per token: one row more than the tokens is refused for GATE alone
+    directed = [dict(legal[2], rows=config.max_tokens + 1)]
+    refused, taken = agree(VectorUnit(config), vector.vector_command(config), vector.check,
+                           vector.rules, config, legal, seed=14, unreachable=unreachable,
+                           directed=directed)
     assert refused > 50 and taken > 50, (refused, taken)

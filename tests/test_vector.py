@@ -201,7 +201,11 @@ def test_requant_reads_the_output_accumulator():
 @pytest.mark.parametrize("op, fields, message", [
     (VectorOp.REQUANT, dict(a=Buffer.ACT0, dst=Buffer.ACT1), "reads a from OUT"),
     (VectorOp.GATE, dict(a=Buffer.ACT0, dst=Buffer.ACT1), "writes GATES"),
-    (VectorOp.ROPE, dict(a=Buffer.ACT0, dst=Buffer.ACT1, head_dim=5), "even head_dim"),
+    (VectorOp.ROPE, dict(a=Buffer.ACT0, dst=Buffer.ACT1, head_dim=5),
+     "head_dim=5, a multiple of 8 (2 x vector_lanes)"),
+    (VectorOp.ROPE, dict(a=Buffer.ACT0, dst=Buffer.ACT1, width=12, head_dim=8),
+     "rows of 12 are not whole heads"),
+    (VectorOp.GATE, dict(a=Buffer.ACT0, dst=Buffer.GATES, rows=65), "GATE: rows=65 is beyond max_tokens=64"),
     (VectorOp.ADD, dict(a=Buffer.ACT0, dst=Buffer.ACT1, width=0), "width=0 (1 .. 256)"),
 ])
 def test_bad_vector_fields_are_refused(op, fields, message):
@@ -212,6 +216,17 @@ def test_bad_vector_fields_are_refused(op, fields, message):
     assert result.status is ErrorCode.BAD_FIELD and message in result.message
     with pytest.raises(ProgramError, match=re.escape(message)):
         Program(CONFIG).vector(op, **fields)
+
+
+@pytest.mark.parametrize("eps_q", [-1, 1 << 62])
+def test_a_norm_with_eps_outside_its_range_is_refused(eps_q):
+    """The sum of squares plus eps_q must stay below 2**63: the emulator stops, naming eps_q, as the
+    vector unit sets ``error`` (`tests/test_vector_unit_rtl.py`)."""
+    a = torch.zeros(2, 16, dtype=torch.int64)
+    params = (np.array([eps_q], "<i8").tobytes() + np.zeros(16, "<i2").tobytes()
+              + np.zeros(16, "<i4").tobytes())
+    _, result, _ = _emulate(VectorOp.RMSNORM, a, params, multiplier=20000, shift=30)
+    assert result.status is ErrorCode.BAD_FIELD and f"eps_q={eps_q}" in result.message
 
 
 def test_docs_state_the_tested_bounds():

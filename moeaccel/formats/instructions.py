@@ -154,25 +154,10 @@ def attention_body(config) -> data.StructLayout:
 
 
 def vector_body(config) -> data.StructLayout:
-    """VECTOR: ``op`` (`sw.vector`) over ``rows`` rows of ``width`` values, from buffers ``a`` (and
-    ``b``) to ``dst``; row ``r`` of an activation buffer is at byte ``r x act_row_bytes(width)``,
-    of OUT at ``r x out_row_bytes(width)``. Per-channel operands are at DRAM ``params``
-    (`vector.operand_layout`). ADD: ``a x multiplier + b x multiplier_b``, MUL:
-    ``a x b x multiplier``, REQUANT: ``a x multiplier``, each ``>> shift``; the norms and GATE
-    requantise with ``multiplier``/``shift``; ROPE rotates heads of ``head_dim``."""
-    return data.StructLayout({
-        "op": VectorOp,
-        "rows": unsigned(count_bits(max(config.max_tokens, config.max_seq_len))),
-        "width": unsigned(count_bits(config.max_inputs)),
-        "a": Buffer,
-        "b": Buffer,
-        "dst": Buffer,
-        "params": unsigned(ADDRESS_BITS),
-        "multiplier": unsigned(MULT_BITS),
-        "multiplier_b": unsigned(MULT_BITS),
-        "shift": unsigned(SHIFT_BITS),
-        "head_dim": unsigned(count_bits(config.attention_row_words * config.axi_data_bytes)),
-    })
+    return vector.vector_command(config)
+
+
+vector_body.__doc__ = vector.vector_command.__doc__     # the unit's command is the body
 
 
 # EXPERT_LOOP: one expert's descriptor, a 32-byte record at DRAM ``table + e x`` its size: DRAM

@@ -1,17 +1,20 @@
-"""The vector unit's formats: its operations, the per-channel operands a VECTOR reads from DRAM, and
-`check`, the commands it refuses."""
+"""The vector unit's formats: its operations and command (the VECTOR body), the per-channel operands a
+VECTOR reads from DRAM, the words of the unit's streams, its counters, and `check`, the commands it
+refuses."""
 
 from __future__ import annotations
 
-from amaranth.hdl import signed
+from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum
 
 from .buffers import ACTIVATION_BUFFERS, Buffer
-from .numbers import SHIFT_MAX
+from .numbers import MULT_BITS, SHIFT_BITS, SHIFT_MAX, count_bits
 from .rules import Fields, check_rules, mod, normalise
 
-__all__ = ["VectorOp", "norm_operands", "rope_table", "gate_weights", "operand_layout",
-           "sources", "targets", "rules", "check"]
+__all__ = ["VectorOp", "NORMS", "TWO_OPERANDS", "ROW_OPS", "EPS_LIMIT", "LAYERNORM_MAX_WIDTH",
+           "vector_command", "norm_operands", "rope_table", "gate_weights", "operand_layout",
+           "vector_in", "vector_b", "vector_out", "operand_word", "VECTOR_COUNTERS", "row_words",
+           "head_limit", "sources", "targets", "rules", "check"]
 
 
 class VectorOp(enum.Enum, shape=3):
@@ -26,6 +29,83 @@ class VectorOp(enum.Enum, shape=3):
 
 NORMS = (VectorOp.RMSNORM, VectorOp.LAYERNORM)
 TWO_OPERANDS = (VectorOp.ADD, VectorOp.MUL)
+# The ops that hold each row on chip before it leaves: the norms (their sums come first) and ROPE
+# (an element's partner may come after it).
+ROW_OPS = NORMS + (VectorOp.ROPE,)
+
+# eps_q is refused outside [0, EPS_LIMIT): the sum of squares plus eps_q must stay below 2**63.
+EPS_LIMIT = 1 << 62
+# LayerNorm's centred sum of squares, at most width**3 x 255**2, stays below 2**62 up to this width.
+LAYERNORM_MAX_WIDTH = 1 << 15
+
+
+def head_limit(config) -> int:
+    """The widest head ROPE rotates (the attention unit's widest row)."""
+    return config.attention_row_words * config.axi_data_bytes
+
+
+def vector_command(config) -> data.StructLayout:
+    """VECTOR: ``op`` (`sw.vector`) over ``rows`` rows of ``width`` values, from buffers ``a`` (and
+    ``b``) to ``dst``; row ``r`` of an activation buffer is at byte ``r x act_row_bytes(width)``,
+    of OUT at ``r x out_row_bytes(width)``. Per-channel operands are at DRAM ``params``
+    (`vector.operand_layout`). ADD: ``a x multiplier + b x multiplier_b``, MUL:
+    ``a x b x multiplier``, REQUANT: ``a x multiplier``, each ``>> shift``; the norms and GATE
+    requantise with ``multiplier``/``shift``; ROPE rotates heads of ``head_dim``."""
+    from .instructions import ADDRESS_BITS
+    return data.StructLayout({
+        "op": VectorOp,
+        "rows": unsigned(count_bits(max(config.max_tokens, config.max_seq_len))),
+        "width": unsigned(count_bits(config.max_inputs)),
+        "a": Buffer,
+        "b": Buffer,
+        "dst": Buffer,
+        "params": unsigned(ADDRESS_BITS),
+        "multiplier": unsigned(MULT_BITS),
+        "multiplier_b": unsigned(MULT_BITS),
+        "shift": unsigned(SHIFT_BITS),
+        "head_dim": unsigned(count_bits(head_limit(config))),
+    })
+
+
+def row_words(config, width) -> int:
+    """Words of ``vector_lanes`` values in a row of `width` (the last one zero-padded)."""
+    return -(-width // config.vector_lanes)
+
+
+def vector_in(config) -> data.ArrayLayout:
+    """A word of row ``a``: ``vector_lanes`` values, int32 for REQUANT (from OUT), int8 values
+    sign-extended for every other op."""
+    return data.ArrayLayout(signed(32), config.vector_lanes)
+
+
+def vector_b(config) -> data.ArrayLayout:
+    """A word of row ``b`` (ADD, MUL): ``vector_lanes`` int8 values."""
+    return data.ArrayLayout(signed(8), config.vector_lanes)
+
+
+def vector_out(config) -> data.ArrayLayout:
+    """A word of a result row: ``vector_lanes`` int8 values, zero beyond the row's width."""
+    return data.ArrayLayout(signed(8), config.vector_lanes)
+
+
+def operand_word(config) -> data.StructLayout:
+    """A word of a VECTOR's operands as the unit takes them, ``vector_lanes`` channels at a time:
+    the norms' int16 weights and int32 biases (``eps_q`` in the first word), GATE's int8 weights in
+    ``weight``, ROPE's Q14 cos words then sin words of a row's table in ``weight``."""
+    lanes = config.vector_lanes
+    return data.StructLayout({
+        "weight": data.ArrayLayout(signed(16), lanes),
+        "bias": data.ArrayLayout(signed(32), lanes),
+        "eps_q": signed(64),
+    })
+
+
+# The vector unit's counters (`perf`), cleared when a command is accepted.
+VECTOR_COUNTERS = data.StructLayout({
+    "busy_cycles": unsigned(32),           # cycles with a command under way
+    "input_stall_cycles": unsigned(32),    # cycles a word was wanted from `a`, `b` or `operands` and none came
+    "output_stall_cycles": unsigned(32),   # cycles a result waited for `o` or `gates`
+})
 
 
 def norm_operands(width: int) -> data.StructLayout:
@@ -71,7 +151,7 @@ def targets(op: VectorOp) -> tuple[Buffer, ...]:
 
 def rules(config, c):
     """The vector unit's refusals of a VECTOR body `c` (`moeaccel.formats.rules`)."""
-    head_limit = config.attention_row_words * config.axi_data_bytes
+    widest_head, pair = head_limit(config), 2 * config.vector_lanes
     requant, gate, rope = c.op == VectorOp.REQUANT, c.op == VectorOp.GATE, c.op == VectorOp.ROPE
     two = (c.op == VectorOp.ADD) | (c.op == VectorOp.MUL)
 
@@ -92,10 +172,15 @@ def rules(config, c):
          two & (activation(c.b) == 0)),
         (lambda: f"{c.op.name} writes {names(targets(c.op))}, not {c.dst.name}",
          (gate & (c.dst != Buffer.GATES)) | ((gate == 0) & (activation(c.dst) == 0))),
-        (lambda: f"ROPE: rows of {c.width} are not whole heads of an even head_dim={c.head_dim} "
-                 f"(2 .. {head_limit})",
-         rope & ((c.head_dim < 2) | (mod(c.head_dim, 2) != 0) | (c.head_dim > head_limit)
+        (lambda: f"ROPE: rows of {c.width} are not whole heads of head_dim={c.head_dim}, a "
+                 f"multiple of {pair} (2 x vector_lanes) up to {widest_head}",
+         rope & ((c.head_dim == 0) | (mod(c.head_dim, pair) != 0) | (c.head_dim > widest_head)
                  | (mod(c.width, c.head_dim) != 0))),
+        (lambda: f"GATE: rows={c.rows} is beyond max_tokens={config.max_tokens} (GATES holds an "
+                 f"entry per token)", gate & (c.rows > config.max_tokens)),
+        (lambda: f"LAYERNORM: width={c.width} is beyond {LAYERNORM_MAX_WIDTH} (the centred sum of "
+                 f"squares must fit 63 bits)",
+         (c.op == VectorOp.LAYERNORM) & (c.width > LAYERNORM_MAX_WIDTH)),
     ]
 
 
