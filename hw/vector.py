@@ -71,6 +71,12 @@ class RowRsqrt(wiring.Component):
             "shift": Out(unsigned(6)),
         })
 
+    @staticmethod
+    def half_shift(length):
+        """``e / 2`` for an `s` of bit length `length`: ``floor((32 - length) / 2)``, so that
+        ``s << e`` (a right shift when ``e < 0``) has bit length 31 or 32."""
+        return (_NORMALISED_BITS - length) >> 1
+
     def isqrt_step(self, m, remainder, root, radicand):
         """One bit of ``isqrt(radicand)``: the next two radicand bits enter the remainder."""
         current = Cat(radicand[-2:], remainder)
@@ -88,8 +94,8 @@ class RowRsqrt(wiring.Component):
         for bit in range(63):
             with m.If(s[bit]):
                 m.d.comb += length.eq(bit + 1)
-        half_e = Signal(signed(8))                    # e / 2: floor((32 - length) / 2)
-        m.d.comb += half_e.eq((_NORMALISED_BITS - length) >> 1)
+        half_e = Signal(signed(8))
+        m.d.comb += half_e.eq(self.half_shift(length))
         left = (half_e << 1).as_unsigned()[:6]
         right = (-(half_e << 1)).as_unsigned()[:7]
         normalised = Mux(half_e >= 0, s << left, s >> right)[:_NORMALISED_BITS]

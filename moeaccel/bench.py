@@ -4,6 +4,10 @@
 through the Expert-FFN engine in Verilator, checks its output bit for bit against the golden model,
 and reports the engine's cycle counters against the ideal of ``MACs / MAC units``.
 
+``vector`` runs one VECTOR (a seeded random case of one op) through the vector unit without stalls,
+checks it bit for bit, and reports its cycles against the ideal of ``rows x width / vector_lanes``
+and the cycle model.
+
 ``figures`` re-measures every figure the docs quote, recorded in ``docs/figures.json`` (one entry
 per measurement: the bench, its arguments, the values), and fails on any difference (`make bench`).
 """
@@ -21,9 +25,11 @@ from .config import SparsityPattern, preset
 from .figures import FIGURES_FILE, load_figures
 from .formats.expert_ffn import EXPERT_ACTIVATIONS
 from .formats.router import ROUTER_MODES
+from .formats.vector import VectorOp
 from .sw.inputs import ATTENTION_INPUT_KINDS
 
-__all__ = ["SimulationFailed", "bench_expert_ffn", "bench_router", "bench_attention", "sweep",
+__all__ = ["SimulationFailed", "bench_expert_ffn", "bench_router", "bench_attention",
+           "bench_vector", "VECTOR_OPS", "rope_head_dim", "sweep",
            "sweep_table", "measure_figure", "figure_differences", "figure_command", "check_figures",
            "add_arguments"]
 
@@ -157,6 +163,66 @@ def bench_attention(seq: int, heads: int, kv_heads: int, head_dim: int, causal: 
     }
 
 
+# The vector unit's ops as the command line names them.
+VECTOR_OPS = tuple(op.name.lower() for op in VectorOp)
+ROPE_HEAD_DIM = 64             # the smallest head `bench vector` picks for ROPE by itself
+
+
+def rope_head_dim(config, width: int) -> int:
+    """The head ROPE rotates over rows of `width` when none is given: the smallest multiple of
+    ``2 x vector_lanes`` from `ROPE_HEAD_DIM` up that divides `width`."""
+    pair = 2 * config.vector_lanes
+    start = -(-ROPE_HEAD_DIM // pair) * pair
+    for head_dim in range(start, width + 1, pair):
+        if width % head_dim == 0:
+            return head_dim
+    raise ValueError(f"ROPE over width={width}: no multiple of {pair} (2 x vector_lanes) from "
+                     f"{ROPE_HEAD_DIM} up divides it; give --head-dim")
+
+
+def bench_vector(op: str, rows: int, width: int, head_dim: int | None = None,
+                 config_name: str = "pynq-z2", seed: int = 0) -> dict:
+    """Run one VECTOR of `op` over `rows` rows of `width` (seeded random int8 rows, int32 for
+    requant, with realistic operands) through the vector unit in Verilator, without idles or
+    backpressure. ``cycles`` counts from the command's accept to the last output transfer (both
+    cycles counted); ``ideal_cycles`` is every element through the lanes once."""
+    from .cycles import vector_cycles
+    from .formats.vector import check
+    from .hw.vector import VectorUnit
+    from .sim.tb.vector import command_fields, ideal_cycles
+
+    config = preset(config_name)
+    if op not in VECTOR_OPS:
+        raise ValueError(f"op={op!r} is no vector op (one of {', '.join(VECTOR_OPS)})")
+    vector_op = VectorOp[op.upper()]
+    if vector_op is VectorOp.ROPE and head_dim is None:
+        head_dim = rope_head_dim(config, width)
+    row_limit = config.max_tokens if vector_op is VectorOp.GATE else \
+        max(config.max_tokens, config.max_seq_len)
+    if rows > row_limit:
+        raise ValueError(f"rows={rows} exceeds the {config.name} configuration's limit of "
+                         f"{row_limit}" + (" (max_tokens: a gate's token index)"
+                                           if vector_op is VectorOp.GATE else ""))
+    fields = command_fields(vector_op, rows, width, head_dim or 0)
+    reasons = check(config, fields)
+    if reasons:
+        raise ValueError(f"the {config.name} vector unit refuses it: {'; '.join(reasons)}")
+    case = dict(op=op, rows=rows, width=width, head_dim=fields["head_dim"], kind="random",
+                scales="realistic", eps="operands", seed=seed, idle=0.0, backpressure=0.0)
+    shape = f"{rows}x{width}" + (f", head_dim {head_dim}" if vector_op is VectorOp.ROPE else "")
+    report = _simulate_case(VectorUnit(config), "vector", config.name, case,
+                            f"the vector unit: {op} over {shape}")
+    ideal = ideal_cycles(config, rows, width)
+    return {"block": "vector", "config": config.name, "op": op, "rows": rows, "width": width,
+            "head_dim": fields["head_dim"], "vector_lanes": config.vector_lanes,
+            "cycles": report["cycles"], "busy_cycles": report["busy_cycles"],
+            "ideal_cycles": ideal, "utilization": round(ideal / report["cycles"], 4),
+            "model_cycles": vector_cycles(config, fields),
+            "input_stall_cycles": report["input_stall_cycles"],
+            "output_stall_cycles": report["output_stall_cycles"],
+            "bit_exact": not report["mismatches"]}
+
+
 def _check_shape(config, tokens, d_model, d_ff, pattern, activation):
     """Plan the expert's passes (raises `ShapeError` naming what does not fit)."""
     from .compiler.plan import plan_pass
@@ -213,7 +279,8 @@ def sweep(out: Path, config_name: str = "pynq-z2") -> list[dict]:
 
 # -- the docs' figures: one home, re-measured by `moeaccel bench figures` ------------------------
 
-BENCHES = {"expert-ffn": bench_expert_ffn, "router": bench_router, "attention": bench_attention}
+BENCHES = {"expert-ffn": bench_expert_ffn, "router": bench_router, "attention": bench_attention,
+           "vector": bench_vector}
 
 
 def measure_figure(entry: dict) -> dict:
@@ -319,6 +386,17 @@ def add_arguments(commands) -> None:
     attention.add_argument("--seed", type=int, default=0)
     attention.add_argument("--json", action="store_true", help="one JSON object on stdout")
     attention.set_defaults(run=_run_attention)
+    vector = blocks.add_parser("vector", help="one VECTOR through the vector unit")
+    vector.add_argument("--op", required=True, choices=VECTOR_OPS)
+    vector.add_argument("--rows", type=int, required=True)
+    vector.add_argument("--width", type=int, required=True)
+    vector.add_argument("--head-dim", type=int, default=None,
+                        help=f"ROPE's head (default: the smallest multiple of 2 x vector_lanes "
+                             f"from {ROPE_HEAD_DIM} up that divides the width)")
+    vector.add_argument("--config", default="pynq-z2", help="preset (default pynq-z2)")
+    vector.add_argument("--seed", type=int, default=0)
+    vector.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    vector.set_defaults(run=_run_vector)
     table = blocks.add_parser("sweep", help="a sweep of expert shapes, written as a table")
     table.add_argument("--out", type=Path, default=Path("build/bench/expert_ffn.md"))
     table.add_argument("--config", default="pynq-z2")
@@ -352,6 +430,11 @@ def _run_attention(args) -> int:
     return _print(bench_attention(args.seq, args.heads, args.kv_heads or args.heads, args.head_dim,
                                   args.causal, args.config, args.seed, args.kind, args.seq_q),
                   args.json)
+
+
+def _run_vector(args) -> int:
+    return _print(bench_vector(args.op, args.rows, args.width, args.head_dim, args.config,
+                               args.seed), args.json)
 
 
 def _print(result: dict, as_json: bool) -> int:

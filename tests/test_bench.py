@@ -163,6 +163,26 @@ def test_attention_doc_quotes_the_recorded_figures():
             in _prose(README))
 
 
+VECTOR_FIGURES = {op: f"vector {op} R=128 W=1024" + (" H=64" if op == "rope" else "")
+                  for op in ("add", "mul", "requant", "rmsnorm", "layernorm", "rope", "gate")}
+
+
+def test_vector_doc_quotes_the_recorded_figures():
+    header = "| op | cycles | ideal | utilization | bit-exact |"
+    expected = []
+    for op, name in VECTOR_FIGURES.items():
+        m = _measured(name)
+        assert m["cycles"] == m["model_cycles"] and m["bit_exact"] is True
+        expected.append(f"| {op.upper()} | {_grouped(m['cycles'])} | {_grouped(m['ideal_cycles'])} "
+                        f"| {m['ideal_cycles'] / m['cycles']:.3f} | yes |")
+    assert _table_rows(DOCS / "vector.md", header) == expected
+    rmsnorm, add = _measured(VECTOR_FIGURES["rmsnorm"]), _measured(VECTOR_FIGURES["add"])
+    assert rmsnorm["ideal_cycles"] / rmsnorm["cycles"] >= 0.85
+    assert add["ideal_cycles"] / add["cycles"] >= 0.9
+    assert (f"RMSNorm of 128 rows × 1 024 takes {_grouped(rmsnorm['cycles'])} cycles "
+            f"({rmsnorm['ideal_cycles'] / rmsnorm['cycles']:.3f} of the ideal)" in _prose(README))
+
+
 def test_every_recorded_figure_is_quoted_by_a_docs_check():
     """Each entry of the record is one the checks above read (none is recorded and unquoted)."""
     read = {f"expert-ffn T={t} D={d} F={f} {a} {s}" for t, d, f, s, a in SWEEP}
@@ -171,6 +191,7 @@ def test_every_recorded_figure_is_quoted_by_a_docs_check():
              "router T=256 E=64 k=8 softmax_topk, GEMM D=256",
              "attention L=128 H=8 D=64", "attention L=512 H=8 D=64", "attention L=1024 H=8 D=64",
              "attention L=512 H=8/2 D=64 causal"}
+    read |= set(VECTOR_FIGURES.values())
     assert {entry["name"] for entry in load_figures()["cycles"]} == read
 
 
@@ -211,7 +232,8 @@ def test_bench_figures_fails_on_a_difference(monkeypatch, tmp_path, capsys):
 HEADLINE = ["expert-ffn T=128 D=256 F=512 swiglu dense", "expert-ffn T=128 D=256 F=512 swiglu 2:4",
             "expert-ffn T=32 D=256 F=512 swiglu dense",
             "router T=256 E=64 k=8 softmax_topk, logits streamed",
-            "router T=256 E=64 k=8 softmax_topk, GEMM D=256", "attention L=512 H=8 D=64"]
+            "router T=256 E=64 k=8 softmax_topk, GEMM D=256", "attention L=512 H=8 D=64",
+            "vector rmsnorm R=128 W=1024", "vector add R=128 W=1024"]
 
 
 @pytest.mark.slow
@@ -224,6 +246,10 @@ def test_headline_figure_is_measured_in_rtl(name):
     assert figure_differences(entry, result) == []
     if entry["bench"] == "attention":                  # the utilization target of the design
         assert result["ideal_cycles"] / result["cycles"] >= 0.8
+    if entry["bench"] == "vector":                     # the vector unit's: 0.85 norms, 0.9 the rest
+        target = 0.85 if entry["args"]["op"] == "rmsnorm" else 0.9
+        assert result["ideal_cycles"] / result["cycles"] >= target
+        assert result["cycles"] == result["model_cycles"]
 
 
 # -- the docs' resource tables against the record and against synthesis ---------------------------
@@ -244,6 +270,9 @@ def test_resource_tables_quote_the_recorded_synthesis():
     assert dsp["attention"] + dsp["expert-ffn"] > 220
     assert (f"the PYNQ-Z2 has {220 - dsp['expert-ffn']} left beside the Expert-FFN engine"
             in _prose(DOCS / "router.md"))
+    assert (f"the unit's {dsp['vector']} DSPs beside the Expert-FFN engine's {dsp['expert-ffn']} "
+            f"exceed the xc7z020's 220" in _prose(DOCS / "vector.md"))
+    assert dsp["vector"] + dsp["expert-ffn"] > 220
 
 
 @pytest.mark.slow
