@@ -36,6 +36,11 @@ def test_unknown_preset_lists_the_names():
     (dict(weight_buffer_bytes=1000), r"weight_buffer_bytes must be a power of two of at least 256, "
                                      r"not 1000$"),
     (dict(max_k=9, max_experts=8), r"max_k must be at most max_experts=8, not 9$"),
+    (dict(vector_lanes=6), r"vector_lanes must be a power of two from 1 to 64, not 6$"),
+    (dict(vector_lanes=128), r"vector_lanes must be a power of two from 1 to 64, not 128$"),
+    (dict(vector_lanes=64, max_d_model=64, axi_data_width=64),
+     r"vector_lanes=64: ROPE rotates heads of whole pairs of lane words, so 2 x vector_lanes must "
+     r"not exceed the widest head, 64$"),
     (dict(max_d_ff=1 << 17), r"max_d_ff must be at most 65536 \(int32 accumulation of int8 "
                              r"products\), not 131072$"),
     (dict(axi_data_width=96), r"axi_data_width must be one of 32, 64, 128, 256, 512, not 96$"),

@@ -228,3 +228,72 @@ def test_vector_unit_refuses_a_shift_beyond_47_in_amaranth_sim():
     sim.add_testbench(testbench)
     sim.run()
     assert seen == dict(error=1, busy=0, taken=0)
+
+
+@pytest.mark.parametrize("op", [VectorOp.RMSNORM, VectorOp.LAYERNORM, VectorOp.ROPE,
+                                VectorOp.GATE, VectorOp.ADD])
+def test_vector_unit_and_emulator_agree_on_the_same_dram_bytes(op):
+    """One VECTOR instruction's bytes: the emulator runs it; the unit takes the same rows and the
+    operands as `formats.vector.operand_words` turns the DRAM record into its words. Same bytes
+    out."""
+    import numpy as np
+    import torch
+
+    from moeaccel.formats import records
+    from moeaccel.formats.buffers import Buffer, act_row_bytes
+    from moeaccel.formats.router import TOKEN_GATE
+    from moeaccel.formats.vector import operand_layout, operand_words
+    from moeaccel.host.emulator import Emulator
+    from moeaccel.isa import Program
+
+    config = preset("tiny")
+    lanes, pair = config.vector_lanes, 2 * config.vector_lanes
+    rows, width, head_dim = 3, 3 * pair, (pair if op is VectorOp.ROPE else 0)
+    generator = torch.Generator().manual_seed(int(op.value))
+    a = torch.randint(-128, 128, (rows, width), generator=generator)
+    b = torch.randint(-128, 128, (rows, width), generator=generator)
+    layout = operand_layout(op, rows, width, head_dim)
+    params = bytearray(records.size(layout)) if layout is not None else bytearray()
+    if layout is not None:
+        raw = np.frombuffer(bytes(torch.randint(0, 256, (len(params),), generator=generator,
+                                                dtype=torch.uint8).numpy()), np.uint8)
+        params[:] = raw.tobytes()
+        if op in (VectorOp.RMSNORM, VectorOp.LAYERNORM):
+            record = records.view(layout, params)[0]
+            record["eps_q"] = 1 << 20
+            record["bias"] >>= 8                          # outputs mostly inside the int8 range
+    dst = Buffer.GATES if op is VectorOp.GATE else Buffer.ACT1
+    fields = dict(op=op, rows=rows, width=width, a=Buffer.ACT0, b=Buffer.ACT1, dst=dst,
+                  params=4096, multiplier=23456, multiplier_b=12345, head_dim=head_dim,
+                  shift={VectorOp.ADD: 15, VectorOp.GATE: 24}.get(op, 38))
+
+    emulator = Emulator(config, 1 << 16)
+    emulator.dram[4096:4096 + len(params)] = params
+    stride = act_row_bytes(config, width)
+    for buffer, values in ((Buffer.ACT0, a), (Buffer.ACT1, b)):
+        for r in range(rows):
+            emulator.buffers[buffer][r * stride:r * stride + width] = \
+                values[r].to(torch.int8).numpy().tobytes()
+    program = Program(config).vector(**fields).finish()
+    assert emulator.run(program.encode()).ok
+
+    def words(values):
+        padded = values.tolist()
+        return [row[j:j + lanes] + [0] * (j + lanes - width) for row in padded
+                for j in range(0, width, lanes)]
+
+    record = records.view(layout, bytes(params))[0] if layout is not None else None
+    if op is VectorOp.GATE:
+        entries = records.view(TOKEN_GATE.dram, bytes(emulator.buffers[Buffer.GATES]), rows)
+        o, gates = [], [(int(e["token"]), int(e["gate"])) for e in entries]
+    else:
+        raw = np.frombuffer(bytes(emulator.buffers[Buffer.ACT1]), np.int8)
+        out = torch.tensor(np.stack([raw[r * stride:r * stride + width] for r in range(rows)]),
+                           dtype=torch.int64)
+        o, gates = words(out), []
+    streams = tb.CaseStreams(
+        fields=fields, a=words(a), b=words(b) if op is VectorOp.ADD else [],
+        operands=operand_words(config, op, record, rows, width, head_dim) if layout else [],
+        o=o, gates=gates)
+    got_words, got_gates = _amaranth_run(config, streams, seed=int(op.value))
+    assert got_words == streams.o and got_gates == streams.gates

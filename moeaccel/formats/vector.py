@@ -14,7 +14,7 @@ from .rules import Fields, check_rules, mod, normalise
 __all__ = ["VectorOp", "NORMS", "TWO_OPERANDS", "ROW_OPS", "EPS_LIMIT", "LAYERNORM_MAX_WIDTH",
            "vector_command", "norm_operands", "rope_table", "gate_weights", "operand_layout",
            "vector_in", "vector_b", "vector_out", "operand_word", "VECTOR_COUNTERS", "row_words",
-           "head_limit", "sources", "targets", "rules", "check"]
+           "head_limit", "operand_words", "sources", "targets", "rules", "check"]
 
 
 class VectorOp(enum.Enum, shape=3):
@@ -98,6 +98,30 @@ def operand_word(config) -> data.StructLayout:
         "bias": data.ArrayLayout(signed(32), lanes),
         "eps_q": signed(64),
     })
+
+
+def operand_words(config, op: VectorOp, record, rows: int, width: int, head_dim: int) -> list[dict]:
+    """The words the unit's ``operands`` stream takes for `op`, from its operands as read from DRAM
+    (`record`: one record of `operand_layout`, as `records.view` gives it): the norms' channel
+    weights and biases and GATE's weights, ``vector_lanes`` channels a word (``eps_q`` in the first),
+    or ROPE's table, each row's cos words then sin words. Lanes past the row are zero."""
+    lanes = config.vector_lanes
+
+    def words(values, start=0, count=None):
+        values = [int(v) for v in values][start:None if count is None else start + count]
+        values += [0] * (-len(values) % lanes)
+        return [values[i:i + lanes] for i in range(0, len(values), lanes)]
+
+    op = VectorOp(op)
+    if op in NORMS:
+        return [{"weight": w, "bias": b, "eps_q": int(record["eps_q"]) if j == 0 else 0}
+                for j, (w, b) in enumerate(zip(words(record["weight"]), words(record["bias"])))]
+    if op is VectorOp.GATE:
+        return [{"weight": w, "bias": [0] * lanes, "eps_q": 0} for w in words(record)]
+    if op is VectorOp.ROPE:
+        return [{"weight": w, "bias": [0] * lanes, "eps_q": 0}
+                for row in range(rows) for w in words(record[row], 0, head_dim)]
+    return []
 
 
 # The vector unit's counters (`perf`), cleared when a command is accepted.
