@@ -14,13 +14,13 @@ anywhere else. Submodules, one per unit or concern:
 - `instructions`: opcodes, error codes, instruction bodies, the expert descriptor.
 """
 
-from . import attention, buffers, epilogue, expert_ffn, instructions, numbers, records, router, vector
+from . import attention, buffers, dma, epilogue, expert_ffn, instructions, numbers, records, router, vector
 from .attention import AttentionShape
 from .buffers import Buffer
 from .instructions import ErrorCode, Opcode, Queue
 from .router import ROUTER_MODES, RouterMode
 from .vector import VectorOp
 
-__all__ = ["attention", "buffers", "epilogue", "expert_ffn", "instructions", "numbers", "records",
+__all__ = ["attention", "buffers", "dma", "epilogue", "expert_ffn", "instructions", "numbers", "records",
            "router", "vector", "AttentionShape", "Buffer", "ErrorCode", "Opcode", "Queue",
            "ROUTER_MODES", "RouterMode", "VectorOp"]
