@@ -8,7 +8,9 @@ would be right.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -306,6 +308,14 @@ class AccelConfig:
     def replace(self, **changes) -> "AccelConfig":
         """A copy with some fields changed, validated again."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def build_id(self) -> int:
+        """A 32-bit hash of every field: the ``build_id`` register of hardware built from this
+        configuration, which the host checks against a compiled program's configuration."""
+        text = json.dumps(dataclasses.asdict(self) | {"sparsity": [str(p) for p in self.sparsity]},
+                          sort_keys=True)
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
     def summary(self) -> dict:
         """Fields and derived figures as plain data (for reports and JSON)."""
