@@ -31,7 +31,8 @@ COMMANDS = 500
 def _limits(config) -> list[int]:
     """The configuration's counts and capacities, where a field's legal range ends."""
     values = [getattr(config, name) for name in dir(config)
-              if not name.startswith("_") and isinstance(getattr(config, name), int)
+              if not name.startswith("_") and name != "build_id"          # a hash, not a limit
+              and isinstance(getattr(config, name), int)
               and not isinstance(getattr(config, name), bool)]
     return sorted({v for v in values if v > 0})
 
@@ -143,8 +144,12 @@ def test_expert_ffn_refuses_exactly_what_check_refuses(name):
     ]
     # A pattern index beyond the built ones fits the field only when the patterns leave room.
     unreachable = [3] if 1 << pattern_bits(config) == len(config.patterns) else []
+    # one tile more than the drain just inside the accumulator: refused for that alone
+    directed = [dict(legal[-1], tiles=legal[-1]["tiles"] + 1)]
+    assert len(expert_ffn.check(config, directed[0])) == 1
     refused, taken = agree(FFNEngine(config), expert_ffn.ffn_command(config), expert_ffn.check,
-                           expert_ffn.rules, config, legal, seed=11, unreachable=unreachable)
+                           expert_ffn.rules, config, legal, seed=11, unreachable=unreachable,
+                           directed=directed)
     assert refused > 50 and taken > 50, (refused, taken)
 
 
