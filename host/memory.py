@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..config import AccelConfig
-from ..formats import records
+from ..formats import dma, records
 from ..formats.buffers import Buffer, buffer_bytes
 from ..formats.instructions import ErrorCode
 
@@ -107,13 +107,12 @@ class Memory:
     def transfer(self, fields: dict, load: bool) -> None:
         """A LOAD (DRAM -> buffer) or STORE (buffer -> DRAM) of `transfer_body` `fields`: every row
         is checked before any byte moves."""
+        reasons = dma.check(self.config, fields)
+        if reasons:
+            raise Stop(ErrorCode.BAD_FIELD, "; ".join(reasons))
         buffer = self.buffers[fields["buffer"]]
         rows, row_bytes = fields["rows"], fields["row_bytes"]
         stride = fields["sram_stride"] or row_bytes
-        last = fields["sram"] + (rows - 1) * stride + row_bytes if rows else 0
-        if last > len(buffer):
-            raise Stop(ErrorCode.BAD_FIELD, f"{fields['buffer'].name} bytes up to {last} are "
-                                            f"beyond its {len(buffer)}")
         for row in range(rows):
             self.window(fields["dram"] + row * fields["dram_stride"], row_bytes, "DRAM")
         for row in range(rows):

@@ -3,9 +3,10 @@
 A transfer moves ``rows`` rows of ``row_bytes`` bytes, rows ``dram_stride`` bytes apart in DRAM and
 ``sram_stride`` apart in the buffer (`formats.instructions.transfer_body`), at any byte offsets.
 
-* **Checked first.** The whole transfer, ``dram + (rows - 1) x dram_stride + row_bytes``, must lie
-  inside the DMA window (``window_size`` bytes from ``window_base``); otherwise the engine sets
-  ``error`` and issues nothing.
+* **Checked first.** The rows must fit their buffer (`formats.dma.rules`, as the emulator checks
+  them: BAD_FIELD), and the whole transfer, ``dram + (rows - 1) x dram_stride + row_bytes``, must
+  lie inside the DMA window (``window_size`` bytes from ``window_base``: DMA_WINDOW); otherwise the
+  engine sets ``error`` and ``error_code`` and issues nothing.
 * **Bursts.** Each row is the run of bus words that holds it; it goes out as INCR bursts of at
   most 256 beats that never cross a 4 KiB boundary.
 * **Reads stream.** Up to `MAX_OUTSTANDING` read bursts are in flight, so R beats arrive back to
@@ -21,9 +22,11 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..formats.buffers import Buffer
+from ..formats import dma as dma_formats
 from ..formats.dma import (BURST_BOUNDARY, DMA_COUNTERS, MAX_BURST_BEATS, dma_command,
                            sram_read_request, sram_word_bits, sram_write)
-from ..formats.instructions import ADDRESS_BITS, SRAM_ADDRESS_BITS
+from ..formats.instructions import ADDRESS_BITS, SRAM_ADDRESS_BITS, ErrorCode
+from ..formats.rules import refused_by
 from .axi import BURST_INCR, axi4_signature
 
 __all__ = ["Dma", "Realigner", "MAX_OUTSTANDING"]
@@ -184,7 +187,8 @@ class Dma(wiring.Component):
     sram_write : stream of `formats.dma.sram_write` (a LOAD's buffer words), always ready
     sram_read : stream of `formats.dma.sram_read_request` (a STORE's buffer reads), always ready
     sram_read_data : the word a read request asked for, the cycle after it
-    busy, error : a transfer is under way; the last command was refused (outside the window)
+    busy, error : a transfer is under way; the last command was refused
+    error_code : why (`ErrorCode`: BAD_FIELD, rows past their buffer, before DMA_WINDOW)
     perf : `formats.dma.DMA_COUNTERS`, cleared when a command is accepted
     """
 
@@ -202,6 +206,7 @@ class Dma(wiring.Component):
             "sram_read_data": In(config.axi_data_width),
             "busy": Out(1),
             "error": Out(1),
+            "error_code": Out(ErrorCode),
             "perf": Out(DMA_COUNTERS),
         })
 
@@ -228,9 +233,12 @@ class Dma(wiring.Component):
         with m.If(checking):
             m.d.sync += checking.eq(0)
             m.d.comb += extent.eq(t.dram + (t.rows - 1) * t.dram_stride + t.row_bytes)
+            past_buffer = refused_by(dma_formats.rules(config, t))
             outside = (t.rows != 0) & (extent > self.window_size)
-            m.d.sync += self.error.eq(outside)
-            with m.If(~outside):
+            m.d.sync += [self.error.eq(past_buffer | outside),
+                         self.error_code.eq(Mux(past_buffer, ErrorCode.BAD_FIELD,
+                                                Mux(outside, ErrorCode.DMA_WINDOW, ErrorCode.NONE)))]
+            with m.If(~past_buffer & ~outside):
                 m.d.comb += start.eq(1)
                 m.d.sync += running.eq(1)
         with m.If(running):

@@ -10,11 +10,12 @@ from __future__ import annotations
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from .buffers import Buffer
+from .buffers import Buffer, buffer_bytes
 from .instructions import SRAM_ADDRESS_BITS, transfer_body
+from .rules import Fields, check_rules, normalise
 
 __all__ = ["MAX_BURST_BEATS", "BURST_BOUNDARY", "dma_command", "sram_word_bits", "sram_write",
-           "sram_read_request", "DMA_COUNTERS"]
+           "sram_read_request", "DMA_COUNTERS", "rules", "check"]
 
 MAX_BURST_BEATS = 256           # AXI4 INCR bursts
 BURST_BOUNDARY = 4096           # no burst crosses a 4 KiB boundary
@@ -53,3 +54,23 @@ DMA_COUNTERS = data.StructLayout({
     "bytes_written": unsigned(32),         # DRAM bytes a STORE moved
     "bursts": unsigned(32),                # AXI bursts issued
 })
+
+
+def rules(config, t):
+    """The refusals of a LOAD or STORE's transfer `t` that its fields alone decide (`rules`): rows
+    past the end of their buffer. (The DMA window depends on the host's grant; the engine checks
+    it when it starts.)"""
+    sizes = buffer_bytes(config)
+    stride = (t.sram_stride == 0) * t.row_bytes + (t.sram_stride != 0) * t.sram_stride
+    end = t.sram + (t.rows - 1) * stride + t.row_bytes
+    capacity = sum((t.buffer == buffer) * size for buffer, size in sizes.items())
+    return [
+        (lambda: f"{t.buffer.name} bytes up to {end} are beyond its {capacity}",
+         (t.rows != 0) & (end > capacity)),
+    ]
+
+
+def check(config, fields: dict) -> list[str]:
+    """What a LOAD or STORE refuses in its transfer body (empty: it runs)."""
+    fields, reasons = normalise(transfer_body(config), fields)
+    return reasons or check_rules(rules(config, Fields.of(fields)))

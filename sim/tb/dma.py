@@ -45,6 +45,8 @@ def random_case(rng: random.Random, config, window_bytes: int = 1 << 16) -> dict
         row_bytes = sizes[buffer] // 2
     stride = sram_stride or row_bytes
     sram = rng.randint(0, sizes[buffer] - ((rows - 1) * stride + row_bytes))
+    if rng.random() < 0.1:
+        sram = sizes[buffer] - ((rows - 1) * stride + row_bytes) + rng.randint(1, 16)  # past the end
     dram_stride = rng.choice([row_bytes, row_bytes + rng.randint(1, 300), rng.randint(0, 4096),
                               4096])
     extent = (rows - 1) * dram_stride + row_bytes
@@ -168,13 +170,15 @@ class DmaTB:
             assert get_sim_time("ns") - accepted < limit * CLOCK_NS, \
                 f"the transfer did not end in {limit} cycles: {case}"
         error = int(dut.error.value)
+        code = ErrorCode(int(dut.error_code.value))
         perf = DMA_COUNTERS.from_bits(int(dut.perf.value))
         await RisingEdge(dut.clk)
         await RisingEdge(dut.clk)
         got_ram = self.ram.read(0, RAM_BYTES)
         mismatches = []
-        if error != (want_code is ErrorCode.DMA_WINDOW):
-            mismatches.append(f"error {error}, the emulator stops with {want_code.name}")
+        if error != (want_code is not ErrorCode.NONE) or (error and code is not want_code):
+            mismatches.append(f"error {error} ({code.name}), the emulator stops with "
+                              f"{want_code.name}")
         if got_ram != want_ram:
             first = next(i for i in range(RAM_BYTES) if got_ram[i] != want_ram[i])
             mismatches.append(f"RAM differs from byte {first:#x}")
