@@ -51,6 +51,7 @@ class Realigner(wiring.Component):
     row : stream of the row's offsets and length; taken when the row before has left
     i : stream of ``8 x word_bytes``-bit input words
     o : stream of output words: ``data``, ``strobe`` (a bit a byte), ``last`` (the row's last)
+    busy : a row is under way (the next row is taken as its last word leaves)
     """
 
     def __init__(self, word_bytes: int):
@@ -61,6 +62,7 @@ class Realigner(wiring.Component):
             "o": Out(stream.Signature(data.StructLayout({
                 "data": unsigned(8 * word_bytes), "strobe": unsigned(word_bytes),
                 "last": unsigned(1)}))),
+            "busy": Out(1),
         })
 
     def elaborate(self, platform):
@@ -78,22 +80,8 @@ class Realigner(wiring.Component):
 
         row = self.row.p
         end = row.dst_offset + row.length       # one past the row's last byte, output side
-        m.d.comb += self.row.ready.eq(~active)
-        with m.If(self.row.valid & ~active & (row.length != 0)):
-            skip = row.src_offset > row.dst_offset
-            last_lane = (end - 1)[:lg] if lg else 0
-            m.d.sync += [
-                active.eq(1),
-                primed.eq(~skip),
-                inputs_left.eq((row.src_offset + row.length + width - 1) >> lg),
-                outputs_left.eq((end + width - 1) >> lg),
-                shift.eq(Mux(skip, row.src_offset - row.dst_offset,
-                             width + row.src_offset - row.dst_offset)),
-                first_out.eq(1),
-                first_strobe.eq(Cat(Const(lane, lg + 1) >= row.dst_offset for lane in range(width))),
-                last_strobe.eq(Cat(Const(lane, lg + 1) <= last_lane for lane in range(width))),
-                previous.eq(0),
-            ]
+        leaving = Signal()                      # the row's last word leaves this cycle
+        m.d.comb += [self.row.ready.eq(~active | leaving), self.busy.eq(active)]
 
         current = Mux(inputs_left != 0, self.i.payload, 0)
         m.d.comb += [
@@ -118,7 +106,24 @@ class Realigner(wiring.Component):
                     with m.If(from_input):
                         m.d.sync += inputs_left.eq(inputs_left - 1)
                     with m.If(outputs_left == 1):
+                        m.d.comb += leaving.eq(1)
                         m.d.sync += active.eq(0)
+        # the next row (after the statements above: its values win)
+        with m.If(self.row.valid & self.row.ready & (row.length != 0)):
+            skip = row.src_offset > row.dst_offset
+            last_lane = (end - 1)[:lg] if lg else 0
+            m.d.sync += [
+                active.eq(1),
+                primed.eq(~skip),
+                inputs_left.eq((row.src_offset + row.length + width - 1) >> lg),
+                outputs_left.eq((end + width - 1) >> lg),
+                shift.eq(Mux(skip, row.src_offset - row.dst_offset,
+                             width + row.src_offset - row.dst_offset)),
+                first_out.eq(1),
+                first_strobe.eq(Cat(Const(lane, lg + 1) >= row.dst_offset for lane in range(width))),
+                last_strobe.eq(Cat(Const(lane, lg + 1) <= last_lane for lane in range(width))),
+                previous.eq(0),
+            ]
         return m
 
 
@@ -251,7 +256,11 @@ class Dma(wiring.Component):
         # -- the row descriptions between the burst side and the data side
         row_entry = data.StructLayout({"row": _row_layout(width),
                                        "sram_word": unsigned(sram_word_bits(config) + 1)})
+        # each row's description goes to the realigner and (STORE) to the buffer reader, each with
+        # a queue of its own so the reader runs ahead into the next row
         m.submodules.rows = rows = fifo.SyncFIFOBuffered(width=row_entry.size, depth=_ROW_QUEUE)
+        m.submodules.read_rows = read_rows = fifo.SyncFIFOBuffered(width=row_entry.size,
+                                                                   depth=_ROW_QUEUE)
         m.submodules.lengths = lengths = fifo.SyncFIFOBuffered(
             width=(MAX_BURST_BEATS).bit_length(), depth=_ROW_QUEUE * 2)
         bursts = _Bursts(m, config, command, self.window_base, start, "burst")
@@ -269,9 +278,10 @@ class Dma(wiring.Component):
         with m.If(issuing & ~bursts.in_row):
             with m.If(t.row_bytes == 0):
                 bursts.next_row(m)
-            with m.Elif(rows.w_rdy):
-                m.d.comb += rows.w_en.eq(1)
+            with m.Elif(rows.w_rdy & read_rows.w_rdy):
+                m.d.comb += [rows.w_en.eq(1), read_rows.w_en.eq(store)]
                 bursts.begin_row(m)
+        m.d.comb += read_rows.w_data.eq(rows.w_data)
         can_issue = issuing & bursts.in_row & (outstanding < MAX_OUTSTANDING)
         address_valid = Signal()
         m.d.comb += address_valid.eq(can_issue & (~store | lengths.w_rdy))
@@ -289,44 +299,45 @@ class Dma(wiring.Component):
         burst_ended = Mux(store, axi.bvalid, axi.rvalid & axi.rready & axi.rlast)
         m.d.sync += outstanding.eq(outstanding + address_taken - burst_ended)
 
-        # -- the data side: one row at a time through the realigner
+        # -- the data side: the rows through the realigner, back to back
         m.submodules.realigner = realigner = Realigner(width)
         head = row_entry(rows.r_data)
-        sram_word = Signal(sram_word_bits(config) + 1)
-        reading = Signal()                               # STORE: buffer words still to request
-        reads_left = Signal(SRAM_ADDRESS_BITS)
-        m.d.comb += [realigner.row.p.eq(head.row), realigner.row.valid.eq(rows.r_rdy & ~reading),
-                     rows.r_en.eq(realigner.row.ready & ~reading)]
-        with m.If(rows.r_rdy & realigner.row.ready & ~reading):
-            m.d.sync += sram_word.eq(head.sram_word)
-            with m.If(store):
-                m.d.sync += [reading.eq(1), reads_left.eq(
-                    (head.row.src_offset + head.row.length + width - 1) >> lg)]
+        m.d.comb += [realigner.row.p.eq(head.row), realigner.row.valid.eq(rows.r_rdy),
+                     rows.r_en.eq(realigner.row.ready)]
 
         # LOAD: R beats in, buffer words out
+        write_word = Signal(sram_word_bits(config) + 1)
         m.d.comb += [
             realigner.i.payload.eq(Mux(store, 0, axi.rdata)),
             axi.rready.eq(~store & realigner.i.ready),
             self.sram_write.p.buffer.eq(t.buffer),
-            self.sram_write.p.addr.eq(sram_word),
+            self.sram_write.p.addr.eq(write_word),
             self.sram_write.p.data.eq(realigner.o.p.data),
             self.sram_write.p.strobe.eq(realigner.o.p.strobe),
         ]
 
-        # STORE: buffer words requested a cycle ahead into a small queue, out as W beats
+        # STORE: the buffer reader requests each row's words a cycle ahead into a small queue
         m.submodules.words = words = fifo.SyncFIFOBuffered(width=config.axi_data_width, depth=8)
+        read_head = row_entry(read_rows.r_data)
+        read_word = Signal(sram_word_bits(config) + 1)
+        reading = Signal()                               # words of the current row to request
+        reads_left = Signal(SRAM_ADDRESS_BITS)
         requested = Signal()
         space = words.level + requested < words.depth
+        m.d.comb += read_rows.r_en.eq(~reading)
+        with m.If(read_rows.r_rdy & ~reading):
+            m.d.sync += [reading.eq(1), read_word.eq(read_head.sram_word), reads_left.eq(
+                (read_head.row.src_offset + read_head.row.length + width - 1) >> lg)]
         m.d.comb += [
             self.sram_read.p.buffer.eq(t.buffer),
-            self.sram_read.p.addr.eq(sram_word),
+            self.sram_read.p.addr.eq(read_word),
             self.sram_read.valid.eq(reading & space),
             words.w_data.eq(self.sram_read_data),
             words.w_en.eq(requested),
         ]
         m.d.sync += requested.eq(self.sram_read.valid)
         with m.If(self.sram_read.valid):
-            m.d.sync += [sram_word.eq(sram_word + 1), reads_left.eq(reads_left - 1)]
+            m.d.sync += [read_word.eq(read_word + 1), reads_left.eq(reads_left - 1)]
             with m.If(reads_left == 1):
                 m.d.sync += reading.eq(0)
 
@@ -349,12 +360,15 @@ class Dma(wiring.Component):
             m.d.comb += [realigner.i.valid.eq(axi.rvalid), realigner.o.ready.eq(1),
                          self.sram_write.valid.eq(realigner.o.valid)]
             with m.If(realigner.o.valid):
-                m.d.sync += [sram_word.eq(sram_word + 1),
+                m.d.sync += [write_word.eq(write_word + 1),
                              perf.bytes_read.eq(perf.bytes_read
                                                 + sum(realigner.o.p.strobe[n] for n in range(width)))]
+        # a new row's first buffer word (after the increment above: it wins)
+        with m.If(realigner.row.valid & realigner.row.ready):
+            m.d.sync += write_word.eq(head.sram_word)
 
         # -- done when every row has been issued and has moved, and every burst has ended
-        with m.If(running & bursts.done & (outstanding == 0) & ~rows.r_rdy & ~reading
-                  & realigner.row.ready & ~words.r_rdy & ~address_taken):
+        with m.If(running & bursts.done & (outstanding == 0) & ~rows.r_rdy & ~read_rows.r_rdy
+                  & ~reading & ~realigner.busy & ~words.r_rdy & ~address_taken):
             m.d.sync += running.eq(0)
         return m

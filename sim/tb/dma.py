@@ -213,8 +213,7 @@ def _describe(report: dict) -> str:
 async def transfers_match_the_emulator(dut, pause):
     params = tb_params()
     config = preset(params["config"])
-    seed = params.get("seed", 0) * 2 + int(pause * 10)
-    rng = random.Random(seed)
+    rng = random.Random(cocotb.RANDOM_SEED * 2 + int(pause * 10))     # MOEACCEL_SEED replays it
     tb = DmaTB(dut, config, rng, pause)
     await tb.start()
     cases = params.get("cases") or [random_case(rng, config) for _ in range(params["random"])]
