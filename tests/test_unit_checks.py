@@ -13,7 +13,7 @@ check gives the same verdict when an enum field is written as its integer.
 import random
 
 import pytest
-from amaranth.hdl import Module, ResetInserter, Signal
+from amaranth.hdl import Module, ResetInserter, Signal, unsigned
 from amaranth.lib import data, enum
 from amaranth.sim import Simulator
 
@@ -68,6 +68,20 @@ def random_command(rng: random.Random, layout: data.StructLayout, config, legal:
     return command
 
 
+def _pack(layout, command: dict) -> int:
+    """A command's bits, an enum field's code given as a member or as any integer (a code no
+    member has included: the hardware must refuse it)."""
+    bits = 0
+    for name, field in layout:
+        value = command.get(name, 0)
+        if isinstance(value, dict):
+            value = _pack(field.shape, value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        bits |= (int(value) & ((1 << field.width) - 1)) << field.offset
+    return bits
+
+
 def _as_integers(command: dict) -> dict:
     return {name: value.value if isinstance(value, enum.Enum) else value
             for name, value in command.items()}
@@ -95,7 +109,7 @@ def agree(unit, layout, check, rules, config, legal: list, seed: int,
 
     async def bench(ctx):
         for index, command in enumerate(commands):
-            ctx.set(unit.cmd.payload.as_value(), layout.const(command).as_bits())
+            ctx.set(unit.cmd.payload.as_value(), _pack(layout, command))
             ctx.set(unit.cmd.valid, 1)
             await ctx.tick()
             ctx.set(unit.cmd.valid, 0)
@@ -192,11 +206,120 @@ def test_vector_unit_refuses_exactly_what_check_refuses(name):
              dict(base, op=VectorOp.GATE, rows=config.max_tokens, dst=Buffer.GATES),
              dict(base, op=VectorOp.LAYERNORM, width=config.max_inputs, shift=47),
              dict(base, op=VectorOp.REQUANT, a=Buffer.OUT, rows=1, width=1)]
+    reasons = [reason() for reason, _ in vector.rules(config, Fields.of(legal[0]))]
     # LayerNorm's widest row is wider than any configuration's max_inputs today.
-    unreachable = [8] if config.max_inputs <= vector.LAYERNORM_MAX_WIDTH else []
-    # a GATES entry per token: one row more than the tokens is refused for GATE alone
-    directed = [dict(legal[2], rows=config.max_tokens + 1)]
+    unreachable = [n for n, reason in enumerate(reasons) if reason.startswith("LAYERNORM: width")
+                   and config.max_inputs <= vector.LAYERNORM_MAX_WIDTH]
+    # a GATES entry per token: one row more than the tokens is refused for GATE alone; and the
+    # op code no VectorOp has
+    directed = [dict(legal[2], rows=config.max_tokens + 1), dict(legal[0], op=len(VectorOp)),
+                dict(legal[1], b=len(Buffer))]
     refused, taken = agree(VectorUnit(config), vector.vector_command(config), vector.check,
                            vector.rules, config, legal, seed=14, unreachable=unreachable,
                            directed=directed)
     assert refused > 50 and taken > 50, (refused, taken)
+
+
+def _leaves(layout, prefix=()):
+    """Every leaf field of a layout: (path, offset, shape)."""
+    for name, field in layout:
+        if isinstance(field.shape, data.StructLayout):
+            for path, offset, shape in _leaves(field.shape, prefix + (name,)):
+                yield path, field.offset + offset, shape
+        else:
+            yield prefix + (name,), field.offset, field.shape
+
+
+def _as_dict(layout, bits: int) -> dict:
+    out = {}
+    for name, field in layout:
+        value = bits >> field.offset & ((1 << field.width) - 1)
+        if isinstance(field.shape, data.StructLayout):
+            out[name] = _as_dict(field.shape, value)
+        elif isinstance(field.shape, type) and issubclass(field.shape, enum.Enum):
+            try:
+                out[name] = field.shape(value)
+            except ValueError:
+                out[name] = value
+        else:
+            out[name] = value
+    return out
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_decoder_refuses_exactly_what_the_instruction_check_refuses(name):
+    """The controller's decode stage: BAD_FIELD exactly when `formats.instructions.check` refuses
+    the body, on 500 mutations of legal bodies per opcode; ILLEGAL_OPCODE for codes no Opcode has."""
+    from moeaccel.formats import instructions
+    from moeaccel.formats.instructions import ErrorCode, Opcode
+    from moeaccel.hw.decode import Decoder
+
+    config = preset(name)
+    dense, sparse = config.patterns[0], config.patterns[-1]
+    legal = {
+        Opcode.LINEAR: [dict(command=expert_ffn.pass_command(config, 3, 64, 40, dense,
+                                                              activation=True, to_buffer=True),
+                             weights=64, preloaded=0, sram=0),
+                        dict(command=expert_ffn.pass_command(config, 7, 40, 64, sparse, src=1,
+                                                              accumulate=True),
+                             weights=0, preloaded=1, sram=128)],
+        Opcode.ROUTE: [dict(command={"tokens": 4, "experts": 8, "k": 2,
+                                     "mode": RouterMode.SOFTMAX_TOPK, "groups": 1, "group_size": 8,
+                                     "topk_groups": 1, "compute": 1, "chunks": 1},
+                            row_words=1, logits=0)],
+        Opcode.EXPERT_LOOP: [dict(experts=8, table=0, d_model=64, d_ff=128, pattern=0, swiglu=1,
+                                  prefetch=1)],
+        Opcode.ATTENTION: [dict(command={"seq_q": 3, "seq_kv": 5, "kv_heads": 2, "rep": 2,
+                                         "head_words": 1, "causal": 1, "score_mult": 1 << 14,
+                                         "score_shift": 20, "out_mult": 1 << 14, "out_shift": 20},
+                                q=0, k=0, v=0, o=0)],
+        Opcode.VECTOR: [{"op": VectorOp.ADD, "rows": 3, "width": 40, "a": Buffer.ACT0,
+                         "b": Buffer.ACT1, "dst": Buffer.ACT0, "params": 0,
+                         "multiplier": 1 << 14, "multiplier_b": 1 << 14, "shift": 20,
+                         "head_dim": 0}],
+    }
+    layout = instructions.instruction_layout(config)
+    rng = random.Random(15)
+    limits = _limits(config)
+    cases = []                                   # (instruction bits, opcode code, refused)
+    for opcode, bodies in legal.items():
+        body_layout = instructions.bodies(config)[opcode]
+        leaves = list(_leaves(body_layout))
+        for body in bodies:
+            assert not instructions.check(config, opcode, body), (opcode, body)
+        for _ in range(COMMANDS):
+            body = rng.choice(bodies)
+            bits = body_layout.const(body).as_bits()
+            for path, offset, shape in rng.sample(leaves, rng.choice([1, 1, 2])):
+                width = shape.width if hasattr(shape, "width") else shape.as_shape().width
+                value = _draw(rng, unsigned(width), limits)
+                bits = bits & ~(((1 << width) - 1) << offset) | value << offset
+            fields = _as_dict(body_layout, bits)
+            refused = bool(instructions.check(config, opcode, fields))
+            word = opcode.value << layout["opcode"].offset | bits << layout["body"].offset
+            cases.append((word, opcode, refused))
+    opcode_bits = Opcode.as_shape().width
+    known = {op.value for op in Opcode}
+    for code in range(1 << opcode_bits):
+        if code not in known:
+            cases.append((code << layout["opcode"].offset, None, None))
+
+    decoder = Decoder(config)
+    counts = {"refused": 0, "taken": 0}
+
+    async def bench(ctx):
+        for word, opcode, refused in cases:
+            ctx.set(decoder.instruction.as_value(), word)
+            await ctx.delay(1e-9)
+            code = ctx.get(decoder.error_code)
+            if opcode is None:
+                assert code is ErrorCode.ILLEGAL_OPCODE, hex(word)
+                continue
+            assert (code is ErrorCode.BAD_FIELD) == refused, (opcode, hex(word), code)
+            assert code in (ErrorCode.BAD_FIELD, ErrorCode.NONE)
+            counts["refused" if refused else "taken"] += 1
+
+    sim = Simulator(decoder)
+    sim.add_testbench(bench)
+    sim.run()
+    assert counts["refused"] > 200 and counts["taken"] > 200, counts

@@ -12,7 +12,7 @@ from amaranth.lib import data
 
 from .buffers import Buffer, buffer_bytes
 from .instructions import SRAM_ADDRESS_BITS, transfer_body
-from .rules import Fields, check_rules, normalise
+from .rules import Fields, check_rules, member, normalise
 
 __all__ = ["MAX_BURST_BEATS", "BURST_BOUNDARY", "dma_command", "sram_word_bits", "sram_write",
            "sram_read_request", "DMA_COUNTERS", "rules", "check"]
@@ -65,6 +65,7 @@ def rules(config, t):
     end = t.sram + (t.rows - 1) * stride + t.row_bytes
     capacity = sum((t.buffer == buffer) * size for buffer, size in sizes.items())
     return [
+        (lambda: f"buffer={t.buffer} is no Buffer", member(t.buffer, Buffer) == 0),
         (lambda: f"{t.buffer.name} bytes up to {end} are beyond its {capacity}",
          (t.rows != 0) & (end > capacity)),
     ]

@@ -21,12 +21,14 @@ from .buffers import Buffer, buffer_bytes
 from .epilogue import REQUANT
 from .numbers import MULT_BITS, SHIFT_BITS, count_bits
 from .records import Pair
+from .rules import Fields, check_rules, normalise
 from .vector import VectorOp
 
 __all__ = ["INSTRUCTION_BITS", "INSTRUCTION_BYTES", "ADDRESS_BITS", "SRAM_ADDRESS_BITS", "Opcode",
            "Queue", "QUEUE_OF", "ErrorCode", "DEPS", "transfer_body", "linear_body", "route_body",
            "expert_loop_body", "attention_body", "vector_body", "DESCRIPTOR", "bodies",
-           "body_name", "instruction_layout", "expert_loop_commands", "check", "expert_check"]
+           "body_name", "instruction_layout", "expert_loop_commands", "rules", "check",
+           "expert_check"]
 
 INSTRUCTION_BITS = 256
 INSTRUCTION_BYTES = INSTRUCTION_BITS // 8
@@ -229,37 +231,44 @@ def expert_loop_commands(config, fields: dict, tokens: int,
     return first, down
 
 
-def check(config, opcode: Opcode, fields: dict) -> list[str]:
-    """What the hardware refuses in an instruction's body, beyond the DMA window and the buffers'
-    bounds (which depend on the data): its unit's `check`, and the rules of the instruction."""
+def rules(config, opcode: Opcode, c) -> list:
+    """The refusals of an instruction's body `c` (`moeaccel.formats.rules`: a Python bool for a
+    decoded body, an Amaranth value for a view of one): its unit's rules and the instruction's
+    own. Beyond them are the DMA window and the buffers' bounds, which depend on the data (a LOAD's
+    or STORE's rows against their buffer are `dma.rules`, checked as the transfer starts)."""
     if opcode is Opcode.LINEAR:
-        command = fields["command"]
-        reasons = expert_ffn.check(config, command)
-        if not (command["to_buffer"] or command["accumulate"]):
-            reasons.append("the rows go nowhere: a LINEAR writes to_buffer or accumulates")
-        return reasons
+        return expert_ffn.rules(config, c.command) + [
+            (lambda: "the rows go nowhere: a LINEAR writes to_buffer or accumulates",
+             (c.command.to_buffer == 0) & (c.command.accumulate == 0))]
     if opcode is Opcode.ROUTE:
-        command = fields["command"]
-        reasons = router.check(config, command)
-        if command["compute"] and fields["row_words"] * config.act_word_bytes \
-                < command["chunks"] * config.router_lanes:
-            reasons.append(f"rows of {fields['row_words']} words are narrower than "
-                           f"{command['chunks']} router chunks")
-        return reasons
+        return router.rules(config, c.command) + [
+            (lambda: f"rows of {c.row_words} words are narrower than {c.command.chunks} router "
+                     f"chunks",
+             (c.command.compute != 0)
+             & (c.row_words * config.act_word_bytes < c.command.chunks * config.router_lanes))]
     if opcode is Opcode.EXPERT_LOOP:
-        reasons = []
-        if not 1 <= fields["experts"] <= config.max_experts:
-            reasons.append(f"experts={fields['experts']} (1 .. {config.max_experts})")
-        if fields["pattern"] >= len(config.patterns):
-            reasons.append(f"pattern={fields['pattern']} ({len(config.patterns)} built)")
-        if not fields["d_model"] or not fields["d_ff"]:
-            reasons.append(f"d_model={fields['d_model']}, d_ff={fields['d_ff']} (both at least 1)")
-        return reasons
+        return [
+            (lambda: f"experts={c.experts} (1 .. {config.max_experts})",
+             (c.experts == 0) | (c.experts > config.max_experts)),
+            (lambda: f"pattern={c.pattern} ({len(config.patterns)} built)",
+             c.pattern >= len(config.patterns)),
+            (lambda: f"d_model={c.d_model}, d_ff={c.d_ff} (both at least 1)",
+             (c.d_model == 0) | (c.d_ff == 0)),
+        ]
     if opcode is Opcode.ATTENTION:
-        return attention.check(config, fields["command"])
+        return attention.rules(config, c.command)
     if opcode is Opcode.VECTOR:
-        return vector.check(config, fields)
+        return vector.rules(config, c)
     return []
+
+
+def check(config, opcode: Opcode, fields: dict) -> list[str]:
+    """What the hardware refuses in an instruction's body (`rules`; empty: it runs)."""
+    layout = bodies(config).get(opcode)
+    if layout is None or opcode in (Opcode.LOAD, Opcode.STORE):
+        return []
+    fields, reasons = normalise(layout, fields)
+    return reasons or check_rules(rules(config, opcode, Fields.of(fields)))
 
 
 def expert_check(config, fields: dict, tokens: int, swiglu_multiplier: int,

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 from amaranth.lib import data, enum
 
-__all__ = ["Fields", "normalise", "check_rules", "refused_by", "mod"]
+__all__ = ["Fields", "normalise", "check_rules", "refused_by", "mod", "member"]
 
 
 class Fields(SimpleNamespace):
@@ -56,6 +56,14 @@ def mod(a, b):
     if isinstance(a, int) and isinstance(b, int):
         return a % b if b else 0
     return a % b
+
+
+def member(value, enum_type):
+    """Whether `value` is one of `enum_type`'s members: always, for a decoded command (`check`
+    made it one, `normalise`); for a view of a command's bits, whether its code is one."""
+    if isinstance(value, enum_type):
+        return True
+    return functools.reduce(operator.or_, (value == m for m in enum_type))
 
 
 def check_rules(rules) -> list[str]:

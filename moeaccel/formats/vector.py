@@ -9,7 +9,7 @@ from amaranth.lib import data, enum
 
 from .buffers import ACTIVATION_BUFFERS, Buffer
 from .numbers import MULT_BITS, SHIFT_BITS, SHIFT_MAX, count_bits
-from .rules import Fields, check_rules, mod, normalise
+from .rules import Fields, check_rules, member, mod, normalise
 
 __all__ = ["VectorOp", "NORMS", "TWO_OPERANDS", "ROW_OPS", "EPS_LIMIT", "LAYERNORM_MAX_WIDTH",
            "vector_command", "norm_operands", "rope_table", "gate_weights", "operand_layout",
@@ -186,6 +186,9 @@ def rules(config, c):
         return " or ".join(b.name for b in buffers)
 
     return [
+        (lambda: f"op={c.op} is no VectorOp", member(c.op, VectorOp) == 0),
+        (lambda: "a buffer field holds a code no Buffer has",
+         (member(c.a, Buffer) == 0) | (member(c.b, Buffer) == 0) | (member(c.dst, Buffer) == 0)),
         (lambda: f"{c.op.name}: rows={c.rows} (at least 1)", c.rows == 0),
         (lambda: f"{c.op.name}: width={c.width} (1 .. {config.max_inputs})",
          (c.width == 0) | (c.width > config.max_inputs)),
