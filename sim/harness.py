@@ -138,6 +138,17 @@ async def check_cases(dut, cases: list[dict], run_case, describe, what: str) -> 
     return reports
 
 
+def pause_axi(bus_model, rng: random.Random, probability: float) -> None:
+    """Random pauses on all five channels of a cocotbext-axi model (`AxiRam`, `AxiLiteMaster`, …:
+    anything with ``write_if`` and ``read_if``), each channel pausing with `probability`."""
+    if not probability:
+        return
+    for channel in (bus_model.write_if.aw_channel, bus_model.write_if.w_channel,
+                    bus_model.write_if.b_channel, bus_model.read_if.ar_channel,
+                    bus_model.read_if.r_channel):
+        channel.set_pause_generator(iter(StallGenerator(rng, probability)))
+
+
 class StallGenerator:
     """Infinite iterator of bools, True (stall) with the given probability."""
 

@@ -18,6 +18,7 @@ from moeaccel.sim.harness import run_cocotb
 from moeaccel.sim.tb import vector as tb
 
 from . import stream_sim
+from .test_vector import _emulate
 
 
 def run_vector(config_name: str, parameters: dict, timeout_s: float = 600, component=None,
@@ -240,11 +241,9 @@ def test_vector_unit_and_emulator_agree_on_the_same_dram_bytes(op):
     import torch
 
     from moeaccel.formats import records
-    from moeaccel.formats.buffers import Buffer, act_row_bytes
+    from moeaccel.formats.buffers import Buffer
     from moeaccel.formats.router import TOKEN_GATE
     from moeaccel.formats.vector import operand_layout, operand_words
-    from moeaccel.host.emulator import Emulator
-    from moeaccel.isa import Program
 
     config = preset("tiny")
     lanes, pair = config.vector_lanes, 2 * config.vector_lanes
@@ -263,19 +262,12 @@ def test_vector_unit_and_emulator_agree_on_the_same_dram_bytes(op):
             record["eps_q"] = 1 << 20
             record["bias"] >>= 8                          # outputs mostly inside the int8 range
     dst = Buffer.GATES if op is VectorOp.GATE else Buffer.ACT1
+    extra = dict(multiplier=23456, multiplier_b=12345, head_dim=head_dim,
+                 shift={VectorOp.ADD: 15, VectorOp.GATE: 24}.get(op, 38))
+    emulator, result, stride = _emulate(op, a, bytes(params), b, dst=dst, **extra)
+    assert result.ok, result.message
     fields = dict(op=op, rows=rows, width=width, a=Buffer.ACT0, b=Buffer.ACT1, dst=dst,
-                  params=4096, multiplier=23456, multiplier_b=12345, head_dim=head_dim,
-                  shift={VectorOp.ADD: 15, VectorOp.GATE: 24}.get(op, 38))
-
-    emulator = Emulator(config, 1 << 16)
-    emulator.dram[4096:4096 + len(params)] = params
-    stride = act_row_bytes(config, width)
-    for buffer, values in ((Buffer.ACT0, a), (Buffer.ACT1, b)):
-        for r in range(rows):
-            emulator.buffers[buffer][r * stride:r * stride + width] = \
-                values[r].to(torch.int8).numpy().tobytes()
-    program = Program(config).vector(**fields).finish()
-    assert emulator.run(program.encode()).ok
+                  params=4096, **extra)
 
     def words(values):
         padded = values.tolist()

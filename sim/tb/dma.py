@@ -25,7 +25,7 @@ from ...formats.buffers import Buffer, buffer_bytes
 from ...formats.dma import DMA_COUNTERS, dma_command, sram_read_request, sram_write
 from ...formats.instructions import ErrorCode
 from ...host.memory import Memory, Stop
-from ..harness import StallGenerator, reset, start_clock, tb_params
+from ..harness import pause_axi, reset, start_clock, tb_params
 
 RAM_BYTES = 1 << 18
 CLOCK_NS = 10
@@ -96,11 +96,7 @@ class DmaTB:
         self.ram.read_if.ar_channel.queue_occupancy_limit = 8
         self.ram.write_if.w_channel.queue_occupancy_limit = 16
         self.ram.write_if.aw_channel.queue_occupancy_limit = 8
-        if pause:
-            for channel in (self.ram.write_if.aw_channel, self.ram.write_if.w_channel,
-                            self.ram.write_if.b_channel, self.ram.read_if.ar_channel,
-                            self.ram.read_if.r_channel):
-                channel.set_pause_generator(iter(StallGenerator(rng, pause)))
+        pause_axi(self.ram, rng, pause)
         self.buffers = {b: bytearray(n) for b, n in buffer_bytes(config).items()}
         self.word = config.axi_data_bytes
         self.write_layout, self.read_layout = sram_write(config), sram_read_request(config)

@@ -18,7 +18,7 @@ from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from ...config import preset
 from ...formats.registers import register_map
-from ..harness import StallGenerator, reset, start_clock, tb_params
+from ..harness import pause_axi, reset, start_clock, tb_params
 
 SLVERR = 2
 
@@ -34,11 +34,7 @@ class RegistersTB:
         self.build_id = config.build_id
         self.master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"),
                                     dut.clk, dut.rst)
-        if pause:
-            for channel in (self.master.write_if.aw_channel, self.master.write_if.w_channel,
-                            self.master.write_if.b_channel, self.master.read_if.ar_channel,
-                            self.master.read_if.r_channel):
-                channel.set_pause_generator(iter(StallGenerator(rng, pause)))
+        pause_axi(self.master, rng, pause)
         self.pulses = {}
 
     async def start(self):
