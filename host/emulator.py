@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from ..config import AccelConfig
 from ..cycles import instruction_cycles
-from ..formats.instructions import ErrorCode, Opcode, Queue
+from ..formats.instructions import QUEUE_DEPTH, ErrorCode, Opcode, Queue
 from ..isa import DecodeError, Instruction, decode_one, split
 from .memory import Memory, Stop
 from .units import execute, expert_tokens
@@ -125,16 +125,39 @@ class Emulator:
         # The fetch unit dispatches in program order and holds everything after a SYNC until it
         # has ended: an instruction waits for the SYNCs before it.
         syncs = [i for i, ins in enumerate(instructions) if ins.opcode is Opcode.SYNC]
+        # It dispatches into a queue only while fewer than QUEUE_DEPTH instructions wait there:
+        # instruction i is visible to its queue from dispatched[i] on (None: not yet).
+        dispatched: list[int | None] = [None] * len(instructions)
+        waiting = {q: 0 for q in Queue}
+        fetch = {"next": 0, "time": 0}
+
+        def dispatch(now: int) -> None:
+            while fetch["next"] < len(instructions):
+                index = fetch["next"]
+                q = instructions[index].queue
+                if waiting[q] >= QUEUE_DEPTH or any(not done[s] for s in syncs if s < index):
+                    return
+                if schedule == "serial" and index != (done.index(False) if False in done else -1):
+                    return
+                fetch["time"] = max(fetch["time"], now)
+                dispatched[index] = fetch["time"]
+                waiting[q] += 1
+                fetch["next"] += 1
+
         barrier_end = 0
         finish_time = 0
         executed = 0
+        last_start = 0
         while True:
+            dispatch(last_start)
             ready = []
             for q in Queue:
                 if heads[q] >= len(queues[q]):
                     continue
                 index = queues[q][heads[q]]
                 instruction = instructions[index]
+                if dispatched[index] is None:
+                    continue
                 if not self._tokens_available(instruction, tokens):
                     continue
                 if instruction.opcode in (Opcode.SYNC, Opcode.FINISH) and not all(done[:index]):
@@ -143,7 +166,7 @@ class Emulator:
                     continue
                 if any(not done[s] for s in syncs if s < index):
                     continue
-                start = max([queue_free[q], barrier_end]
+                start = max([queue_free[q], barrier_end, dispatched[index]]
                             + self._token_times(instruction, tokens))
                 if instruction.opcode in (Opcode.SYNC, Opcode.FINISH) or schedule == "serial":
                     start = max(start, finish_time)      # after everything before it
@@ -158,6 +181,7 @@ class Emulator:
                                  f"wait for tokens no instruction will push", finish_time,
                                  executed, dict(busy))
             start, index, q = min(ready) if schedule != "random" else rng.choice(ready)
+            last_start = start
             instruction = instructions[index]
             cycles = instruction_cycles(
                 self.config, instruction.opcode, instruction.fields,
@@ -183,6 +207,7 @@ class Emulator:
                 if name[0] is q and getattr(instruction, name[1]):
                     tokens[pair].append(end)
             queue_free[q] = end
+            waiting[q] -= 1
             if instruction.opcode is Opcode.SYNC:
                 barrier_end = end
             busy[q] += cycles

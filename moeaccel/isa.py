@@ -30,7 +30,7 @@ from .formats import attention, records, router
 from .formats.buffers import Buffer, buffer_bytes
 from .formats.epilogue import CHANNEL_PARAMS
 from .formats.instructions import (ADDRESS_BITS, DEPS, DESCRIPTOR, INSTRUCTION_BITS,
-                                   INSTRUCTION_BYTES, QUEUE_OF, ErrorCode, Opcode, Queue,
+                                   INSTRUCTION_BYTES, QUEUE_DEPTH, QUEUE_OF, ErrorCode, Opcode, Queue,
                                    attention_body, bodies, body_name, expert_loop_body,
                                    instruction_layout, linear_body, route_body, transfer_body,
                                    vector_body)
@@ -376,7 +376,19 @@ def markdown(config: AccelConfig) -> str:
         out += [f"| {n} | {body_offset + o}..{body_offset + o + w - 1} | {w} | {t} |"
                 for n, o, w, t in _layout_rows(layouts[opcode])]
     out += ["", "SYNC, FINISH and NOP have no body. A SYNC holds every instruction after it until "
-            "all before it have ended.", ""]
+            "all before it have ended.", "", "## Running a program", "",
+            "The fetch unit reads the program in order and dispatches each instruction to its "
+            f"queue, where at most {QUEUE_DEPTH} (`QUEUE_DEPTH`) wait to start; when the next "
+            "instruction's queue is full, fetch waits, so a program must not need an instruction "
+            "more than that far behind in fetch order to push a token first (the run would end "
+            "with DEADLOCK). A queue starts its instructions in order, each when the queue is "
+            "free and the tokens it pops have been pushed; SYNC and FINISH start when every "
+            "instruction before them has ended. An instruction that does not decode "
+            "(ILLEGAL_OPCODE, or a field no member of its enum has: BAD_FIELD) stops fetch; what "
+            "came before runs, and its error is raised when nothing else can. Any other fault "
+            "stops the run at the instruction that raised it: nothing starts after it, what had "
+            "started ends. With the serialise mode every instruction is dispatched only after "
+            "the one before it has ended.", ""]
     dispatch = router.dispatch_table(config)
     out += ["## Buffers and records", "",
             "Bytes are little-endian. Rows of int8 values in ACT0/ACT1 are "

@@ -10,7 +10,7 @@ import torch
 from moeaccel import isa
 from moeaccel.config import preset
 from moeaccel.formats.buffers import act_row_bytes, buffer_bytes
-from moeaccel.formats.instructions import bodies
+from moeaccel.formats.instructions import QUEUE_DEPTH, bodies
 from moeaccel.host.emulator import SCHEDULES, Emulator
 from moeaccel.isa import Buffer, ErrorCode, Opcode, Program
 from moeaccel.sw.attention import AttentionShape, as_words, attention_fixed, random_inputs
@@ -364,3 +364,21 @@ def test_the_next_experts_weights_load_while_this_one_computes():
         assert torch.equal(got[0], first(x_q)) and torch.equal(got[1], second(x_q)), schedule
         runs[schedule] = result.cycles
     assert runs["parallel"] < runs["serial"]
+
+
+@pytest.mark.parametrize("loads", [QUEUE_DEPTH, QUEUE_DEPTH + 1])
+def test_a_full_queue_holds_fetch(loads):
+    """Loads that wait for the compute queue's tokens, then the compute instructions that push
+    them: with more than QUEUE_DEPTH of them the computes are never dispatched."""
+    program = Program(CONFIG)
+    for n in range(loads):
+        program.load(Buffer.ACT0, dram=64 * n, row_bytes=64, pop_next=True)
+    for _ in range(loads):
+        program.add(Opcode.NOP, push_prev=True)
+    blob = program.finish().encode()
+    for schedule in ("parallel", "random"):        # serial: the first load waits for ever
+        result = Emulator(CONFIG, 4096).run(blob, schedule)
+        expected = ErrorCode.NONE if loads <= QUEUE_DEPTH else ErrorCode.DEADLOCK
+        assert result.status is expected, (schedule, result)
+        if not result.ok:
+            assert result.instruction == 0

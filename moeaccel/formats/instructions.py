@@ -24,13 +24,14 @@ from .records import Pair
 from .rules import Fields, check_rules, normalise
 from .vector import VectorOp
 
-__all__ = ["INSTRUCTION_BITS", "INSTRUCTION_BYTES", "ADDRESS_BITS", "SRAM_ADDRESS_BITS", "Opcode",
+__all__ = ["INSTRUCTION_BITS", "QUEUE_DEPTH", "INSTRUCTION_BYTES", "ADDRESS_BITS", "SRAM_ADDRESS_BITS", "Opcode",
            "Queue", "QUEUE_OF", "ErrorCode", "DEPS", "transfer_body", "linear_body", "route_body",
            "expert_loop_body", "attention_body", "vector_body", "DESCRIPTOR", "bodies",
            "body_name", "instruction_layout", "expert_loop_commands", "rules", "check",
            "expert_check"]
 
 INSTRUCTION_BITS = 256
+QUEUE_DEPTH = 8               # instructions dispatched to a queue that wait to start
 INSTRUCTION_BYTES = INSTRUCTION_BITS // 8
 ADDRESS_BITS = 32             # byte offsets inside the DMA window the host grants
 SRAM_ADDRESS_BITS = 24        # byte offsets inside an on-chip buffer
@@ -72,6 +73,7 @@ class ErrorCode(enum.Enum, shape=4):
     WATCHDOG = 4              # the run exceeded its cycle budget
     DEADLOCK = 5              # every queue waits for a token no instruction will push
     NO_FINISH = 6             # the program ended without FINISH
+    ABORTED = 7               # the host aborted the run (the hardware's abort register)
 
 
 DEPS = data.StructLayout({
