@@ -192,6 +192,8 @@ class Dma(wiring.Component):
     sram_write : stream of `formats.dma.sram_write` (a LOAD's buffer words), always ready
     sram_read : stream of `formats.dma.sram_read_request` (a STORE's buffer reads), always ready
     sram_read_data : the word a read request asked for, the cycle after it
+    cancel : end the transfer at the end of the row under way (the rows after it are not moved;
+        every burst issued completes)
     busy, error : a transfer is under way; the last command was refused
     error_code : why (`ErrorCode`: BAD_FIELD, rows past their buffer, before DMA_WINDOW)
     perf : `formats.dma.DMA_COUNTERS`, cleared when a command is accepted
@@ -205,6 +207,7 @@ class Dma(wiring.Component):
             "cmd": In(stream.Signature(dma_command(config))),
             "window_base": In(config.axi_addr_width),
             "window_size": In(ADDRESS_BITS + 1),
+            "cancel": In(1),
             "m_axi": Out(axi4_signature(config.axi_addr_width, config.axi_data_width)),
             "sram_write": Out(stream.Signature(sram_write(config), always_ready=True)),
             "sram_read": Out(stream.Signature(sram_read_request(config), always_ready=True)),
@@ -273,7 +276,13 @@ class Dma(wiring.Component):
             entry.sram_word.eq(bursts.sram >> lg),
         ]
         outstanding = Signal(range(MAX_OUTSTANDING + 1))
-        issuing = running & ~bursts.done
+        cancelled = Signal()            # no row begins after the one under way
+        with m.If(self.cancel & running):
+            m.d.sync += cancelled.eq(1)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += cancelled.eq(0)
+        issued = bursts.done | (cancelled & ~bursts.in_row)
+        issuing = running & ~issued
         # a row with bytes enters the queue when it begins; an empty one is skipped
         with m.If(issuing & ~bursts.in_row):
             with m.If(t.row_bytes == 0):
@@ -368,7 +377,7 @@ class Dma(wiring.Component):
             m.d.sync += write_word.eq(head.sram_word)
 
         # -- done when every row has been issued and has moved, and every burst has ended
-        with m.If(running & bursts.done & (outstanding == 0) & ~rows.r_rdy & ~read_rows.r_rdy
+        with m.If(running & issued & (outstanding == 0) & ~rows.r_rdy & ~read_rows.r_rdy
                   & ~reading & ~realigner.busy & ~words.r_rdy & ~address_taken):
             m.d.sync += running.eq(0)
         return m

@@ -13,6 +13,7 @@ from moeaccel.formats.buffers import act_row_bytes, buffer_bytes
 from moeaccel.formats.instructions import QUEUE_DEPTH, bodies
 from moeaccel.host.emulator import SCHEDULES, Emulator
 from moeaccel.isa import Buffer, ErrorCode, Opcode, Program
+from moeaccel.sim.programs import random_program
 from moeaccel.sw.attention import AttentionShape, as_words, attention_fixed, random_inputs
 
 CONFIG = preset("tiny")
@@ -130,55 +131,6 @@ def test_an_attention_call_the_unit_cannot_hold_is_refused():
         attention_program(CONFIG, shape, params)
 
 
-def random_fields(rng: random.Random, layout, window: int) -> dict:
-    """Values for every field of a body: mostly small (so that runs get past the first check),
-    sometimes anything the field holds; addresses mostly inside the window."""
-    from amaranth.lib import data, enum
-    fields = {}
-    for name, field in layout:
-        shape = field.shape
-        if isinstance(shape, data.StructLayout):
-            fields[name] = random_fields(rng, shape, window)
-        elif isinstance(shape, type) and issubclass(shape, enum.Enum):
-            fields[name] = rng.choice(list(shape))
-        else:
-            width = shape.width
-            if width >= 24:                                 # addresses, strides
-                value = rng.choice([rng.randrange(window + 64), rng.randrange(1 << 12), 0])
-            else:
-                value = rng.choice([0, 1, 2, rng.randrange(1, 9), rng.randrange(1, 33),
-                                    rng.randrange(1 << width)])
-            fields[name] = min(value, (1 << width) - 1)
-    return fields
-
-
-def random_instruction(rng: random.Random, window: int) -> isa.Instruction:
-    opcode = rng.choice([Opcode.LOAD, Opcode.STORE, Opcode.LOAD, Opcode.STORE, Opcode.NOP,
-                         Opcode.SYNC, Opcode.ATTENTION, Opcode.FINISH, Opcode.LINEAR,
-                         Opcode.ROUTE, Opcode.EXPERT_LOOP, Opcode.VECTOR])
-    tokens = {name: rng.random() < 0.2 for name in ("pop_prev", "pop_next", "push_prev",
-                                                    "push_next")}
-    if opcode in (Opcode.LOAD, Opcode.STORE):
-        fields = {"buffer": rng.choice(list(Buffer)), "dram": rng.randrange(window + 64),
-                  "dram_stride": rng.choice([0, 8, 64, rng.randrange(1 << 12)]),
-                  "sram": rng.randrange(1 << 12), "sram_stride": rng.choice([0, 16, 128]),
-                  "rows": rng.randrange(0, 9), "row_bytes": rng.randrange(0, 300)}
-    elif opcode is Opcode.ATTENTION:
-        fields = {"command": {
-            "seq_q": rng.randrange(0, 7), "seq_kv": rng.randrange(0, 9),
-            "kv_heads": rng.randrange(0, 3), "rep": rng.randrange(0, 3),
-            "head_words": rng.randrange(0, 3), "causal": rng.randrange(2),
-            "score_mult": rng.randrange(1 << 15), "score_shift": rng.randrange(64),
-            "out_mult": rng.randrange(1 << 15), "out_shift": rng.randrange(64)},
-            "q": rng.randrange(window), "k": rng.randrange(window), "v": rng.randrange(window),
-            "o": rng.randrange(window + 64)}
-    elif opcode in (Opcode.LINEAR, Opcode.ROUTE, Opcode.EXPERT_LOOP, Opcode.VECTOR):
-        fields = random_fields(rng, bodies(CONFIG)[opcode], window)
-    else:
-        fields = {}
-    return isa.Instruction(opcode, fields, **tokens)
-
-
 def test_random_programs_end_with_a_defined_code():
     """2 000 random programs, each on every schedule: no hang, no exception, no byte written
     outside the window; every run ends with an error code."""
@@ -186,12 +138,7 @@ def test_random_programs_end_with_a_defined_code():
     window = 4096
     codes = {}
     for n in range(2000):
-        program = [random_instruction(rng, window) for _ in range(rng.randrange(1, 12))]
-        blob = isa.encode(CONFIG, program)
-        if rng.random() < 0.1:                          # raw corruption: illegal opcodes, fields
-            blob = bytearray(blob)
-            blob[rng.randrange(len(blob))] = rng.randrange(256)
-            blob = bytes(blob)
+        blob = random_program(rng, CONFIG, window)
         schedule = SCHEDULES[n % len(SCHEDULES)]
         emulator = Emulator(CONFIG, window, watchdog_cycles=20_000)
         emulator.dram[:] = rng.randbytes(window)

@@ -17,6 +17,7 @@ from amaranth.hdl import Module, ResetInserter, Signal, unsigned
 from amaranth.lib import data, enum
 from amaranth.sim import Simulator
 
+from moeaccel import isa
 from moeaccel.config import preset
 from moeaccel.formats import attention, expert_ffn, router, vector
 from moeaccel.formats.buffers import Buffer
@@ -104,7 +105,7 @@ def agree(unit, layout, check, rules, config, legal: list, seed: int,
                  if isinstance(field.shape, type) and issubclass(field.shape, enum.Enum)
                  for member in field.shape]
     commands += list(directed)
-    counts = {"refused": 0, "taken": 0}
+    counts = {"refused": 0, "taken": 0, "undecodable": 0}
     alone = set()
 
     async def bench(ctx):
@@ -305,13 +306,20 @@ def test_decoder_refuses_exactly_what_the_instruction_check_refuses(name):
             cases.append((code << layout["opcode"].offset, None, None))
 
     decoder = Decoder(config)
-    counts = {"refused": 0, "taken": 0}
+    counts = {"refused": 0, "taken": 0, "undecodable": 0}
 
     async def bench(ctx):
         for word, opcode, refused in cases:
             ctx.set(decoder.instruction.as_value(), word)
             await ctx.delay(1e-9)
             code = ctx.get(decoder.error_code)
+            try:
+                isa.decode_one(config, word.to_bytes(isa.INSTRUCTION_BYTES, "little"))
+                undecodable = False
+            except isa.DecodeError:
+                undecodable = True
+            assert ctx.get(decoder.undecodable) == undecodable, hex(word)
+            counts["undecodable"] += undecodable
             if opcode is None:
                 assert code is ErrorCode.ILLEGAL_OPCODE, hex(word)
                 continue
@@ -323,3 +331,4 @@ def test_decoder_refuses_exactly_what_the_instruction_check_refuses(name):
     sim.add_testbench(bench)
     sim.run()
     assert counts["refused"] > 200 and counts["taken"] > 200, counts
+    assert counts["undecodable"] > 20, counts

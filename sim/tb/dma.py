@@ -104,6 +104,7 @@ class DmaTB:
     async def start(self):
         await start_clock(self.dut, CLOCK_NS)
         self.dut.cmd__valid.value = 0
+        self.dut.cancel.value = 0
         self.dut.sram_read_data.value = 0
         await reset(self.dut)
         cocotb.start_soon(self._buffers())

@@ -1,0 +1,135 @@
+"""The accelerator top: a program in DRAM run by the hardware.
+
+The host writes the program and the data into DRAM, sets the registers (`hw.registers`, from
+`formats/registers.rdl`: program address and length, DMA window, watchdog, interrupt enables) and
+writes ``control.start``. The fetch unit (`hw.fetch`) reads the program; the controller
+(`hw.controller`) decodes it into the load, compute and store queues and starts each instruction on
+its unit when its dependency tokens allow: LOADs on one DMA engine, STOREs on another (`hw.dma`),
+both reaching every on-chip buffer (`hw.buffers`). The three AXI managers share the one AXI4 port
+through `hw.axi.AxiArbiter`. When the run ends, ``status`` and ``failed_instruction`` say how and
+where, and the interrupt rises if enabled.
+
+The compute queue runs NOP, SYNC and FINISH. The compute units are not yet wired in: an instruction
+for one of them ends the run with ILLEGAL_OPCODE at its index.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out, connect
+
+from ..config import AccelConfig
+from ..formats.dma import DMA_COUNTERS
+from ..formats.instructions import ErrorCode, Opcode
+from ..formats.registers import TOP_COUNTERS
+from .axi import AxiArbiter, axi4_signature
+from .buffers import Buffers
+from .controller import Controller
+from .dma import Dma
+from .fetch import Fetch
+from .registers import ControlRegisters, axi4_lite_signature
+
+__all__ = ["Accelerator", "AXI_ID_BITS"]
+
+_MANAGERS = ("fetch", "load_dma", "store_dma")
+AXI_ID_BITS = 1 + (len(_MANAGERS) - 1).bit_length()
+
+
+class Accelerator(wiring.Component):
+    """The accelerator top of one `AccelConfig`.
+
+    Ports
+    -----
+    s_axil : the control registers, AXI4-Lite subordinate (docs/registers.md)
+    m_axi : the AXI4 manager port to DRAM (``axi_data_width`` bits, `AXI_ID_BITS` ID bits)
+    irq : the interrupt, high while an enabled event of ``irq_status`` is set
+    """
+
+    def __init__(self, config: AccelConfig):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"Accelerator needs an AccelConfig, not {config!r}")
+        self.config = config
+        super().__init__({
+            "s_axil": In(axi4_lite_signature()),
+            "m_axi": Out(axi4_signature(config.axi_addr_width, config.axi_data_width,
+                                        AXI_ID_BITS)),
+            "irq": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self.config
+        m.submodules.registers = regs = ControlRegisters(config)
+        m.submodules.controller = ctrl = Controller(config)
+        m.submodules.fetch = fetch = Fetch(config)
+        m.submodules.load_dma = load_dma = Dma(config)
+        m.submodules.store_dma = store_dma = Dma(config)
+        m.submodules.buffers = buffers = Buffers(config)
+        m.submodules.arbiter = arbiter = AxiArbiter(len(_MANAGERS), config.axi_addr_width,
+                                                    config.axi_data_width)
+        wiring.connect(m, wiring.flipped(self.s_axil), regs.s_axil)
+        wiring.connect(m, arbiter.m, wiring.flipped(self.m_axi))
+        for n, manager in enumerate((fetch, load_dma, store_dma)):
+            wiring.connect(m, manager.m_axi, getattr(arbiter, f"s{n}"))
+
+        # -- registers and the controller
+        m.d.comb += [
+            ctrl.start.eq(regs.control.start), ctrl.abort.eq(regs.control.abort),
+            ctrl.serialise.eq(regs.control.serialise), ctrl.watchdog.eq(regs.watchdog.limit),
+            regs.status.busy.eq(ctrl.busy), regs.status.done.eq(ctrl.done),
+            regs.status.error_code.eq(ctrl.error_code),
+            regs.failed_instruction.index.eq(ctrl.failed_index),
+            regs.irq_status.done_set.eq(ctrl.ended & (ctrl.error_code == ErrorCode.NONE)),
+            regs.irq_status.error_set.eq(ctrl.ended & (ctrl.error_code != ErrorCode.NONE)),
+            self.irq.eq((regs.irq_status.done & regs.irq_enable.done)
+                        | (regs.irq_status.error & regs.irq_enable.error)),
+        ]
+
+        # -- the fetch unit
+        m.d.comb += [
+            fetch.start.eq(ctrl.start & ~ctrl.busy),
+            fetch.address.eq(Cat(Const(0, 5), regs.program_address.address)),
+            fetch.length.eq(regs.program_length.length),
+            fetch.halt.eq(ctrl.fetch_halt),
+            ctrl.fetch_quiet.eq(fetch.quiet), ctrl.fetch_in_flight.eq(fetch.in_flight),
+        ]
+        wiring.connect(m, fetch.out, ctrl.fetch)
+
+        # -- the DMA engines: LOADs and STOREs, the window from the registers
+        for dma, unit, store in ((load_dma, ctrl.load, 0), (store_dma, ctrl.store, 1)):
+            m.d.comb += [
+                dma.window_base.eq(regs.window_base.base),
+                dma.window_size.eq(regs.window_size.size),
+                dma.cancel.eq(ctrl.cancel),
+                dma.cmd.valid.eq(unit.issue),
+                dma.cmd.p.store.eq(store),
+                dma.cmd.p.transfer.eq(unit.instruction.body.load),
+                unit.busy.eq(dma.busy),
+                unit.error.eq(Mux(dma.error, dma.error_code, ErrorCode.NONE)),
+            ]
+        wiring.connect(m, load_dma.sram_write, buffers.load_write)
+        wiring.connect(m, store_dma.sram_read, buffers.store_read)
+        m.d.comb += store_dma.sram_read_data.eq(buffers.store_read_data)
+
+        # -- the compute queue: NOP and SYNC end at once; the units are not wired in yet
+        opcode = ctrl.compute.instruction.opcode
+        compute_error = Signal(ErrorCode)
+        with m.If(ctrl.compute.issue):
+            m.d.sync += compute_error.eq(Mux((opcode == Opcode.NOP) | (opcode == Opcode.SYNC),
+                                             ErrorCode.NONE, ErrorCode.ILLEGAL_OPCODE))
+        m.d.comb += [ctrl.compute.busy.eq(0), ctrl.compute.error.eq(compute_error)]
+
+        # -- counters: the controller's, and each DMA engine's summed over the run's transfers
+        for field in TOP_COUNTERS.members:
+            m.d.comb += getattr(regs, f"top_{field}").value.eq(ctrl.perf[field])
+        for name, dma in (("load_dma", load_dma), ("store_dma", store_dma)):
+            total = Signal(DMA_COUNTERS, name=f"{name}_total")
+            was_busy = Signal(name=f"{name}_was_busy")
+            m.d.sync += was_busy.eq(dma.busy)
+            with m.If(was_busy & ~dma.busy):
+                for field in DMA_COUNTERS.members:
+                    m.d.sync += total[field].eq(total[field] + dma.perf[field])
+            with m.If(ctrl.start & ~ctrl.busy):
+                m.d.sync += total.eq(0)
+            for field in DMA_COUNTERS.members:
+                m.d.comb += getattr(regs, f"{name}_{field}").value.eq(total[field])
+        return m

@@ -1,0 +1,201 @@
+"""cocotb regression of the accelerator top (`hw.top.Accelerator`) against the emulator
+(`host.emulator.Emulator`): programs run from DRAM, byte for byte.
+
+DRAM is cocotbext-axi's `AxiRam`, the host an `AxiLiteMaster`, both with random pauses. For each
+program the whole RAM is filled with random bytes; the program goes below the DMA window, which
+starts at `WINDOW_BASE`. The host sets the registers and starts the run, then waits for the
+interrupt (a run that does not raise it within its cycle budget fails the test). After the run the
+window must hold exactly the emulator's DRAM, every byte outside it must be as it was (the guard
+bytes), and the error code and the failed instruction's index must be the emulator's. Every run
+follows the one before without a reset.
+
+Parameters (`tb_params`): ``config``; ``cases``, each a dict with ``name``, ``program`` (hex),
+``window`` (bytes), ``serialise``, ``watchdog`` (cycles, 0: none), ``abort_after`` (cycles after
+start; the run must end with ABORTED), ``expect`` (an `ErrorCode` name the run must end with where
+the emulator does not model it: WATCHDOG, ABORTED), ``fill`` (a seed for the window's bytes);
+``random`` (that many random programs, `sim.programs.random_program`, on built opcodes, serialised);
+``pause``; ``report_file``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import cocotb
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+
+from ...config import preset
+from ...formats.buffers import buffer_bytes
+from ...formats.instructions import ErrorCode, Opcode
+from ...formats.registers import register_map
+from ...host.emulator import Emulator
+from ...isa import Program
+from ..harness import check_cases, pause_axi, reset, start_clock, tb_params
+from ..programs import random_program
+
+CLOCK_NS = 10
+PROGRAM_BASE = 0x1000
+WINDOW_BASE = 0x8000
+GUARD_BYTES = 0x1000            # after the window
+NONE_INDEX = 0xFFFF_FFFF        # failed_instruction when no instruction is to blame
+BUILT = (Opcode.LOAD, Opcode.STORE, Opcode.NOP, Opcode.SYNC, Opcode.FINISH)
+
+
+class TopTB:
+    def __init__(self, dut, config, rng: random.Random, pause: float, ram_bytes: int):
+        self.dut, self.config, self.rng = dut, config, rng
+        self.map = {r.name: r for r in register_map(config.build_id).registers}
+        self.host = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"),
+                                  dut.clk, dut.rst)
+        self.ram_bytes = ram_bytes
+        self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst,
+                          size=ram_bytes)
+        # deeper queues than AxiRam's default, so that it answers at the bus rate
+        for channel in (self.ram.read_if.r_channel, self.ram.read_if.ar_channel,
+                        self.ram.write_if.w_channel, self.ram.write_if.aw_channel):
+            channel.queue_occupancy_limit = 16
+        pause_axi(self.host, rng, pause)
+        pause_axi(self.ram, rng, pause)
+        # the on-chip buffers keep their bytes from run to run, as the emulator's do here; the
+        # memories start as zeros
+        self.buffers = {b: bytearray(n) for b, n in buffer_bytes(config).items()}
+
+    async def start(self):
+        await start_clock(self.dut, CLOCK_NS)
+        await reset(self.dut)
+
+    async def write(self, register: str, value: int) -> None:
+        await self.host.write_dword(self.map[register].offset, value)
+
+    async def read(self, register: str) -> int:
+        return await self.host.read_dword(self.map[register].offset)
+
+    def field(self, register: str, name: str, value: int) -> int:
+        field = next(f for f in self.map[register].fields if f.name == name)
+        return value >> field.lsb & ((1 << field.width) - 1)
+
+    async def run(self, case: dict) -> dict:
+        dut, rng = self.dut, self.rng
+        program = bytes.fromhex(case["program"])
+        window = case["window"]
+        assert WINDOW_BASE + window + GUARD_BYTES <= self.ram_bytes, "the window is too large"
+        assert PROGRAM_BASE + len(program) <= WINDOW_BASE, "the program overlaps the window"
+        ram = self.ram
+        before = rng.randbytes(self.ram_bytes)
+        if "fill" in case:
+            fill = (random.Random(case["fill"]).randbytes(window) if case["fill"] is not None
+                    else bytes(window))
+            before = before[:WINDOW_BASE] + fill + before[WINDOW_BASE + window:]
+        before = before[:PROGRAM_BASE] + program + before[PROGRAM_BASE + len(program):]
+        ram.write(0, before)
+
+        emulator = Emulator(self.config, window, watchdog_cycles=1 << 32)
+        emulator.dram[:] = before[WINDOW_BASE:WINDOW_BASE + window]
+        for buffer, content in self.buffers.items():
+            emulator.buffers[buffer][:] = content
+        golden = emulator.run(program, "serial" if case.get("serialise") else "parallel")
+        self.buffers = {b: bytearray(content) for b, content in emulator.buffers.items()}
+
+        await self.write("irq_enable", 0b11)
+        await self.write("program_address", PROGRAM_BASE)
+        await self.write("program_length", len(program) // 32)
+        await self.write("window_base", WINDOW_BASE)
+        await self.write("window_size", window)
+        await self.write("watchdog", case.get("watchdog", 0))
+        serialise = 1 << 2 if case.get("serialise") else 0
+        await self.write("control", serialise | 1)
+        started = get_sim_time("ns")
+        limit = case.get("cycles", 200_000)
+        if "abort_after" in case:
+            await ClockCycles(dut.clk, case["abort_after"])
+            await self.write("control", serialise | 0b10)
+        while True:
+            await RisingEdge(dut.clk)
+            await ReadOnly()
+            if dut.irq.value:
+                break
+            assert get_sim_time("ns") - started < limit * CLOCK_NS, \
+                f"{case['name']}: no interrupt in {limit} cycles"
+        cycles = round((get_sim_time("ns") - started) / CLOCK_NS)
+        await RisingEdge(dut.clk)
+        status = await self.read("status")
+        index = await self.read("failed_instruction")
+        irq_status = await self.read("irq_status")
+        counters = {name[4:]: await self.read(name) for name in self.map
+                    if name.startswith("top_")}
+        await self.write("irq_status", 0b11)
+        await RisingEdge(dut.clk)
+        await ReadOnly()
+        irq_cleared = not dut.irq.value
+
+        mismatches = []
+        code = ErrorCode(self.field("status", "error_code", status))
+        if not self.field("status", "done", status) or self.field("status", "busy", status):
+            mismatches.append(f"status {status:#x}: not done, or still busy")
+        expect = ErrorCode[case["expect"]] if "expect" in case else golden.status
+        if code is not expect:
+            mismatches.append(f"ended with {code.name}, the emulator with {golden.status.name} "
+                              f"({golden.message})")
+        want_index = NONE_INDEX if golden.instruction is None else golden.instruction
+        if "expect" not in case and index != want_index:
+            mismatches.append(f"failed instruction {index}, the emulator's {golden.instruction}")
+        if irq_status != (0b01 if code is ErrorCode.NONE else 0b10) or not irq_cleared:
+            mismatches.append(f"irq_status {irq_status:#b} (cleared: {irq_cleared})")
+        after = ram.read(0, self.ram_bytes)
+        if "expect" not in case:
+            got = after[WINDOW_BASE:WINDOW_BASE + window]
+            if got != bytes(emulator.dram):
+                first = next(i for i in range(window) if got[i] != emulator.dram[i])
+                mismatches.append(f"window byte {first:#x} differs from the emulator's")
+        outside = after[:WINDOW_BASE] + after[WINDOW_BASE + window:]
+        if outside != before[:WINDOW_BASE] + before[WINDOW_BASE + window:]:
+            mismatches.append("a byte outside the window changed")
+        if "expect" in case:
+            # the emulator does not model where an abort or the watchdog leaves the buffers:
+            # the next run finds them cleared, by a program that loads zeros into every byte
+            scrub = Program(self.config)
+            for buffer, size in buffer_bytes(self.config).items():
+                row = math.gcd(size, 256)
+                scrub.load(buffer, dram=0, rows=size // row, row_bytes=row, dram_stride=0)
+            report = await self.run({"name": f"{case['name']}: clear the buffers",
+                                     "program": scrub.finish().encode().hex(), "window": 256,
+                                     "fill": None})
+            mismatches += report["mismatches"]
+            self.buffers = {b: bytearray(n) for b, n in buffer_bytes(self.config).items()}
+        return {"name": case["name"], "mismatches": mismatches, "cycles": cycles,
+                "code": code.name, "index": index, "counters": counters,
+                "model_cycles": golden.cycles}
+
+
+RANDOM_WINDOW = 4096
+
+
+def random_programs(config, count: int, seed: int) -> list[bytes]:
+    """`count` random programs of the opcodes the top runs, as `sim.programs` draws them."""
+    rng = random.Random(seed)
+    return [random_program(rng, config, RANDOM_WINDOW, opcodes=BUILT) for _ in range(count)]
+
+
+def _describe(case: dict, report: dict) -> str:
+    return (f"{case['name']}: {report['code']} at {report['index']:#x} after "
+            f"{report['cycles']} cycles (model {report['model_cycles']})")
+
+
+@cocotb.test()
+async def programs_match_the_emulator(dut):
+    params = tb_params()
+    config = preset(params["config"])
+    rng = random.Random(params.get("seed", 13))
+    cases = list(params.get("cases", []))
+    largest = max([c["window"] for c in cases] + [4096])
+    tb = TopTB(dut, config, rng, params.get("pause", 0.2),
+               ram_bytes=WINDOW_BASE + largest + GUARD_BYTES)
+    await tb.start()
+    for n, blob in enumerate(random_programs(config, params.get("random", 0),
+                                             params.get("seed", 13))):
+        cases.append({"name": f"random {n}", "program": blob.hex(), "window": RANDOM_WINDOW,
+                      "serialise": True})
+    await check_cases(dut, cases, tb.run, _describe, "the top's runs")

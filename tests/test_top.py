@@ -1,0 +1,107 @@
+"""The accelerator top in RTL (cocotb on Verilator, `sim/tb/top.py`): programs fetched from DRAM and
+run by the controller, byte for byte and fault for fault against the emulator, under random pauses
+on the AXI ports; then random programs, serialised, as the emulator's fuzz draws them."""
+
+import json
+
+import pytest
+
+from moeaccel.config import preset
+from moeaccel.formats.instructions import QUEUE_DEPTH
+from moeaccel.hw.top import Accelerator
+from moeaccel.isa import INSTRUCTION_BYTES, Buffer, Opcode, Program
+from moeaccel.sim.harness import run_cocotb
+
+WINDOW = 1 << 14
+
+
+def _case(name: str, program, window: int = WINDOW, **extra) -> dict:
+    blob = program if isinstance(program, (bytes, bytearray)) else program.encode()
+    return {"name": name, "program": bytes(blob).hex(), "window": window, "fill": len(name),
+            **extra}
+
+
+def directed(config) -> list[dict]:
+    P = lambda: Program(config, checked=False)     # noqa: E731 (faults are the point)
+    cases = []
+    copy = (P().load(Buffer.ACT0, dram=3, rows=3, row_bytes=100, dram_stride=300,
+                     sram_stride=128, push_next=True)
+            .add(Opcode.NOP, pop_prev=True, push_next=True)
+            .store(Buffer.ACT0, dram=5000, rows=3, row_bytes=100, dram_stride=101,
+                   sram_stride=128, pop_prev=True)
+            .finish())
+    cases += [_case("copy through ACT0", copy), _case("copy, serialised", copy, serialise=True)]
+    # a double-buffered pipeline: load n+1 while n is "computed" and n-1 stored
+    pipe = P()
+    for n in range(12):
+        buffer = (Buffer.ACT0, Buffer.ACT1)[n % 2]
+        pipe.load(buffer, dram=256 * n, rows=2, row_bytes=96, dram_stride=128,
+                  pop_next=n >= 2, push_next=True)
+        pipe.add(Opcode.NOP, pop_prev=True, push_next=True, push_prev=n < 10)
+        pipe.store(buffer, dram=8192 + 256 * n, rows=2, row_bytes=96, dram_stride=128,
+                   pop_prev=True)
+    cases.append(_case("double-buffered pipeline", pipe.sync().finish()))
+    buffers = P()
+    for n, buffer in enumerate(Buffer):
+        buffers.load(buffer, dram=64 * n + n, row_bytes=200 - n, push_next=True)
+        buffers.add(Opcode.NOP, pop_prev=True, push_next=True)
+        buffers.store(buffer, dram=4096 + 256 * n, row_bytes=200 - n, pop_prev=True)
+    cases.append(_case("every buffer", buffers.finish()))
+    for loads in (QUEUE_DEPTH, QUEUE_DEPTH + 1):
+        full = P()
+        for n in range(loads):
+            full.load(Buffer.ACT0, dram=64 * n, row_bytes=64, pop_next=True)
+        for _ in range(loads):
+            full.add(Opcode.NOP, push_prev=True)
+        cases.append(_case(f"{loads} loads wait on the compute queue", full.finish()))
+    cases += [
+        _case("outside the window", P().load(Buffer.ACT0, dram=WINDOW - 8, row_bytes=16)
+              .finish()),
+        _case("a store crossing the window's end", P().store(
+            Buffer.OUT, dram=0, rows=3, row_bytes=64, dram_stride=WINDOW // 2).finish()),
+        _case("past a buffer's end", P().load(Buffer.TABLE, dram=0, row_bytes=257).finish()),
+        _case("a token nobody pushes", P().add(Opcode.NOP, pop_prev=True).finish()),
+        _case("a load that pushes back", P().load(Buffer.ACT0, dram=0, row_bytes=8,
+                                                  push_prev=True).finish()),
+        _case("no FINISH", P().load(Buffer.ACT0, dram=0, row_bytes=8)),
+        _case("a long load past the watchdog",
+              P().load(Buffer.ACT0, dram=0, rows=64, row_bytes=64).finish(),
+              watchdog=60, expect="WATCHDOG"),
+        _case("aborted", P().load(Buffer.WEIGHT, dram=0, rows=64, row_bytes=128).finish(),
+              abort_after=ABORT_AFTER, expect="ABORTED"),
+        _case("after an abort, a run", copy),
+    ]
+    bad = bytearray(P().load(Buffer.ACT0, dram=0, row_bytes=64, push_next=True)
+                    .add(Opcode.NOP, pop_prev=True, push_next=True)
+                    .store(Buffer.ACT0, dram=1024, row_bytes=64, pop_prev=True)
+                    .sync().finish().encode())
+    bad[3 * INSTRUCTION_BYTES] = 0x0F                       # the SYNC: an illegal opcode
+    cases.append(_case("instructions before an illegal opcode run", bad))
+    enum = bytearray(copy.encode())
+    enum[1] = (enum[1] & 0xF0) | 0x0F                          # LOAD.buffer: no Buffer has 15
+    cases.append(_case("a buffer code no buffer has", enum))
+    return cases
+
+
+ABORT_AFTER = 40
+
+
+def run_top(config_name: str, parameters: dict):
+    return run_cocotb(Accelerator(preset(config_name)), toplevel="accelerator",
+                      test_module="moeaccel.sim.tb.top", build_key=config_name,
+                      parameters={"config": config_name, **parameters}, timeout_s=1200)
+
+
+@pytest.mark.sim
+def test_top_runs_programs_as_the_emulator_does(tmp_path):
+    report = tmp_path / "top.json"
+    run_top("tiny", {"cases": directed(preset("tiny")), "random": 60,
+                     "report_file": str(report)})
+    runs = {r["name"]: r for r in json.loads(report.read_text())}
+    # an abort and the watchdog stop a long transfer at its next row: 64 rows of 16 beats each
+    # would take over 1 000 cycles
+    assert runs["aborted"]["cycles"] < ABORT_AFTER + 200, runs["aborted"]
+    assert runs["a long load past the watchdog"]["cycles"] < 60 + 200
+    codes = {r["code"] for r in runs.values()}
+    assert codes >= {"NONE", "DEADLOCK", "BAD_FIELD", "DMA_WINDOW", "NO_FINISH",
+                     "ILLEGAL_OPCODE", "WATCHDOG", "ABORTED"}, codes
