@@ -190,8 +190,9 @@ class Dma(wiring.Component):
     window_base, window_size : the DMA window (byte address and length), held while busy
     m_axi : the AXI4 manager port (`hw.axi.axi4_signature`), ``axi_data_width`` bits
     sram_write : stream of `formats.dma.sram_write` (a LOAD's buffer words), always ready
-    sram_read : stream of `formats.dma.sram_read_request` (a STORE's buffer reads), always ready
-    sram_read_data : the word a read request asked for, the cycle after it
+    sram_read : stream of `formats.dma.sram_read_request` (a STORE's buffer reads); a request is
+        taken when ``ready`` (a buffer shared with another client may hold it)
+    sram_read_data : the word a taken request asked for, the cycle after it
     cancel : end the transfer at the end of the row under way (the rows after it are not moved;
         every burst issued completes)
     busy, error : a transfer is under way; the last command was refused
@@ -210,7 +211,7 @@ class Dma(wiring.Component):
             "cancel": In(1),
             "m_axi": Out(axi4_signature(config.axi_addr_width, config.axi_data_width)),
             "sram_write": Out(stream.Signature(sram_write(config), always_ready=True)),
-            "sram_read": Out(stream.Signature(sram_read_request(config), always_ready=True)),
+            "sram_read": Out(stream.Signature(sram_read_request(config))),
             "sram_read_data": In(config.axi_data_width),
             "busy": Out(1),
             "error": Out(1),
@@ -344,8 +345,9 @@ class Dma(wiring.Component):
             words.w_data.eq(self.sram_read_data),
             words.w_en.eq(requested),
         ]
-        m.d.sync += requested.eq(self.sram_read.valid)
-        with m.If(self.sram_read.valid):
+        read_taken = self.sram_read.valid & self.sram_read.ready
+        m.d.sync += requested.eq(read_taken)
+        with m.If(read_taken):
             m.d.sync += [read_word.eq(read_word + 1), reads_left.eq(reads_left - 1)]
             with m.If(reads_left == 1):
                 m.d.sync += reading.eq(0)

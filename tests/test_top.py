@@ -47,6 +47,11 @@ def directed(config) -> list[dict]:
         buffers.add(Opcode.NOP, pop_prev=True, push_next=True)
         buffers.store(buffer, dram=4096 + 256 * n, row_bytes=200 - n, pop_prev=True)
     cases.append(_case("every buffer", buffers.finish()))
+    # a LOAD and a STORE of one buffer at once, on different rows (no tokens between them)
+    both = (P().load(Buffer.ACT1, dram=0, rows=2, row_bytes=400, dram_stride=400)
+            .store(Buffer.ACT1, dram=9000, rows=2, row_bytes=400, sram=4096, dram_stride=400)
+            .finish())
+    cases.append(_case("a LOAD and a STORE of one buffer at once", both))
     for loads in (QUEUE_DEPTH, QUEUE_DEPTH + 1):
         full = P()
         for n in range(loads):

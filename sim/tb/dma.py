@@ -3,7 +3,8 @@
 
 DRAM is cocotbext-axi's `AxiRam`, with random pauses on all five channels; the buffers are a model
 in the testbench that takes the engine's word writes (with their byte strobes) and answers its word
-reads a cycle later. Each case fills the whole RAM and the buffer with random bytes, runs one
+reads a cycle later, with pauses now and then holding a read request, as a port the engine shares
+does. Each case fills the whole RAM and the buffer with random bytes, runs one
 transfer, and compares the whole RAM (the bytes around the DMA window included: they must not
 change) and the buffer with what the emulator gives for the same window; a transfer that leaves the
 window must set ``error`` and change nothing.
@@ -97,6 +98,7 @@ class DmaTB:
         self.ram.write_if.w_channel.queue_occupancy_limit = 16
         self.ram.write_if.aw_channel.queue_occupancy_limit = 8
         pause_axi(self.ram, rng, pause)
+        self.pause = pause
         self.buffers = {b: bytearray(n) for b, n in buffer_bytes(config).items()}
         self.word = config.axi_data_bytes
         self.write_layout, self.read_layout = sram_write(config), sram_read_request(config)
@@ -106,17 +108,21 @@ class DmaTB:
         self.dut.cmd__valid.value = 0
         self.dut.cancel.value = 0
         self.dut.sram_read_data.value = 0
+        self.dut.sram_read__ready.value = 1
         await reset(self.dut)
         cocotb.start_soon(self._buffers())
 
     async def _buffers(self):
-        """Word writes with byte strobes; a read request answered on the next cycle."""
+        """Word writes with byte strobes; a read request answered on the next cycle. The read port
+        is shared in the top: with pauses, a cycle in `pause` holds the request (``ready`` low)."""
         answer = None
         while True:
             await RisingEdge(self.dut.clk)
             if answer is not None:
                 self.dut.sram_read_data.value = answer
                 answer = None
+            ready = int(self.rng.random() >= self.pause)
+            self.dut.sram_read__ready.value = ready
             await ReadOnly()
             if self.dut.sram_write__valid.value:
                 w = self.write_layout.from_bits(int(self.dut.sram_write__payload.value))
@@ -126,7 +132,7 @@ class DmaTB:
                 for lane in range(self.word):
                     if strobe >> lane & 1 and at + lane < len(memory):
                         memory[at + lane] = data >> (8 * lane) & 0xFF
-            if self.dut.sram_read__valid.value:
+            if self.dut.sram_read__valid.value and ready:
                 r = self.read_layout.from_bits(int(self.dut.sram_read__payload.value))
                 memory, at = self.buffers[Buffer(r.buffer)], \
                     int(r.addr) * self.word
