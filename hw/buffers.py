@@ -28,7 +28,7 @@ class Buffers(wiring.Component):
 
     Ports
     -----
-    load_write, unit_write : streams of `formats.dma.sram_write`, always ready
+    load_write, unit_write : streams of `formats.dma.sram_write`, always taken
     store_read, unit_read : streams of `formats.dma.sram_read_request`; taken when ``ready``
     store_read_data, unit_read_data : the word a taken request asked for, the cycle after it
     """
@@ -38,7 +38,7 @@ class Buffers(wiring.Component):
             raise TypeError(f"Buffers needs an AccelConfig, not {config!r}")
         self.config = config
         super().__init__({
-            "load_write": In(stream.Signature(sram_write(config), always_ready=True)),
+            "load_write": In(stream.Signature(sram_write(config))),
             "store_read": In(stream.Signature(sram_read_request(config))),
             "store_read_data": Out(config.axi_data_width),
             "unit_write": In(stream.Signature(sram_write(config), always_ready=True)),
@@ -53,6 +53,7 @@ class Buffers(wiring.Component):
         sides = ((self.load_write, self.store_read, self.store_read_data, "dma"),
                  (self.unit_write, self.unit_read, self.unit_read_data, "unit"))
         read_buffers = {}
+        m.d.comb += self.load_write.ready.eq(1)
         for write, read, _, side in sides:
             # a read is held while a write reaches the same buffer
             m.d.comb += read.ready.eq(~write.valid | (write.p.buffer != read.p.buffer))

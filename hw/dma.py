@@ -182,14 +182,17 @@ class _Bursts:
 
 
 class Dma(wiring.Component):
-    """The DMA engine of one `AccelConfig`.
+    """The DMA engine of one `AccelConfig`. With ``to_unit=True`` it is a DRAM reader for a unit:
+    its LOADs' words go to the unit on ``sram_write`` (``buffer`` and ``addr`` then mean nothing)
+    and no buffer bounds them.
 
     Ports
     -----
     cmd : stream of `formats.dma.dma_command(config)`; accepted when idle
     window_base, window_size : the DMA window (byte address and length), held while busy
     m_axi : the AXI4 manager port (`hw.axi.axi4_signature`), ``axi_data_width`` bits
-    sram_write : stream of `formats.dma.sram_write` (a LOAD's buffer words), always ready
+    sram_write : stream of `formats.dma.sram_write` (a LOAD's buffer words); a word waits for
+        ``ready`` (and the R channel with it)
     sram_read : stream of `formats.dma.sram_read_request` (a STORE's buffer reads); a request is
         taken when ``ready`` (a buffer shared with another client may hold it)
     sram_read_data : the word a taken request asked for, the cycle after it
@@ -200,17 +203,18 @@ class Dma(wiring.Component):
     perf : `formats.dma.DMA_COUNTERS`, cleared when a command is accepted
     """
 
-    def __init__(self, config: AccelConfig):
+    def __init__(self, config: AccelConfig, to_unit: bool = False):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"Dma needs an AccelConfig, not {config!r}")
         self.config = config
+        self.to_unit = to_unit
         super().__init__({
             "cmd": In(stream.Signature(dma_command(config))),
             "window_base": In(config.axi_addr_width),
             "window_size": In(ADDRESS_BITS + 1),
             "cancel": In(1),
             "m_axi": Out(axi4_signature(config.axi_addr_width, config.axi_data_width)),
-            "sram_write": Out(stream.Signature(sram_write(config), always_ready=True)),
+            "sram_write": Out(stream.Signature(sram_write(config))),
             "sram_read": Out(stream.Signature(sram_read_request(config))),
             "sram_read_data": In(config.axi_data_width),
             "busy": Out(1),
@@ -242,7 +246,7 @@ class Dma(wiring.Component):
         with m.If(checking):
             m.d.sync += checking.eq(0)
             m.d.comb += extent.eq(t.dram + (t.rows - 1) * t.dram_stride + t.row_bytes)
-            past_buffer = refused_by(dma_formats.rules(config, t))
+            past_buffer = 0 if self.to_unit else refused_by(dma_formats.rules(config, t))
             outside = (t.rows != 0) & (extent > self.window_size)
             m.d.sync += [self.error.eq(past_buffer | outside),
                          self.error_code.eq(Mux(past_buffer, ErrorCode.BAD_FIELD,
@@ -368,9 +372,10 @@ class Dma(wiring.Component):
                                                    + sum(axi.wstrb[n] for n in range(width)))]
                 m.d.comb += lengths.r_en.eq(axi.wlast)
         with m.Else():
-            m.d.comb += [realigner.i.valid.eq(axi.rvalid), realigner.o.ready.eq(1),
+            m.d.comb += [realigner.i.valid.eq(axi.rvalid),
+                         realigner.o.ready.eq(self.sram_write.ready),
                          self.sram_write.valid.eq(realigner.o.valid)]
-            with m.If(realigner.o.valid):
+            with m.If(realigner.o.valid & self.sram_write.ready):
                 m.d.sync += [write_word.eq(write_word + 1),
                              perf.bytes_read.eq(perf.bytes_read
                                                 + sum(realigner.o.p.strobe[n] for n in range(width)))]

@@ -3,8 +3,8 @@
 
 DRAM is cocotbext-axi's `AxiRam`, with random pauses on all five channels; the buffers are a model
 in the testbench that takes the engine's word writes (with their byte strobes) and answers its word
-reads a cycle later, with pauses now and then holding a read request, as a port the engine shares
-does. Each case fills the whole RAM and the buffer with random bytes, runs one
+reads a cycle later, with pauses now and then holding a read request or a write, as a port the
+engine shares (or a unit it streams to) does. Each case fills the whole RAM and the buffer with random bytes, runs one
 transfer, and compares the whole RAM (the bytes around the DMA window included: they must not
 change) and the buffer with what the emulator gives for the same window; a transfer that leaves the
 window must set ``error`` and change nothing.
@@ -109,6 +109,7 @@ class DmaTB:
         self.dut.cancel.value = 0
         self.dut.sram_read_data.value = 0
         self.dut.sram_read__ready.value = 1
+        self.dut.sram_write__ready.value = 1
         await reset(self.dut)
         cocotb.start_soon(self._buffers())
 
@@ -123,8 +124,10 @@ class DmaTB:
                 answer = None
             ready = int(self.rng.random() >= self.pause)
             self.dut.sram_read__ready.value = ready
+            write_ready = int(self.rng.random() >= self.pause)
+            self.dut.sram_write__ready.value = write_ready
             await ReadOnly()
-            if self.dut.sram_write__valid.value:
+            if self.dut.sram_write__valid.value and write_ready:
                 w = self.write_layout.from_bits(int(self.dut.sram_write__payload.value))
                 memory, at = self.buffers[Buffer(w.buffer)], \
                     int(w.addr) * self.word
