@@ -6,8 +6,9 @@ Each memory has two sides, each one address a cycle (a true dual-port block RAM)
 * **the DMA side.** A LOAD's words go in through ``load_write`` (with their byte strobes; never
   held), a STORE's come out through ``store_read``, a cycle after the request; a read request is
   held while a LOAD writes the same buffer.
-* **the unit side**, the compute unit's: ``unit_write`` (never held) and ``unit_read``, held while
-  the unit writes the same buffer.
+* **the unit side**, the compute unit's: ``unit_write`` (never held) and two readers,
+  ``unit_read`` and ``unit_read_b``; a read is held while the unit writes the same buffer, and
+  ``unit_read_b`` while ``unit_read`` reads it (so two different buffers are read at once).
 
 Both sides may reach the same buffer at once: the program's tokens keep them on different bytes.
 """
@@ -29,8 +30,10 @@ class Buffers(wiring.Component):
     Ports
     -----
     load_write, unit_write : streams of `formats.dma.sram_write`, always taken
-    store_read, unit_read : streams of `formats.dma.sram_read_request`; taken when ``ready``
-    store_read_data, unit_read_data : the word a taken request asked for, the cycle after it
+    store_read, unit_read, unit_read_b : streams of `formats.dma.sram_read_request`; taken when
+        ``ready``
+    store_read_data, unit_read_data, unit_read_b_data : the word a taken request asked for, the
+        cycle after it
     """
 
     def __init__(self, config: AccelConfig):
@@ -44,37 +47,45 @@ class Buffers(wiring.Component):
             "unit_write": In(stream.Signature(sram_write(config), always_ready=True)),
             "unit_read": In(stream.Signature(sram_read_request(config))),
             "unit_read_data": Out(config.axi_data_width),
+            "unit_read_b": In(stream.Signature(sram_read_request(config))),
+            "unit_read_b_data": Out(config.axi_data_width),
         })
 
     def elaborate(self, platform):
         m = Module()
         config = self.config
         width = config.axi_data_bytes
-        sides = ((self.load_write, self.store_read, self.store_read_data, "dma"),
-                 (self.unit_write, self.unit_read, self.unit_read_data, "unit"))
-        read_buffers = {}
+        # (writer, readers by priority, side): each reader's requests with its data
+        sides = ((self.load_write, [(self.store_read, self.store_read_data)], "dma"),
+                 (self.unit_write, [(self.unit_read, self.unit_read_data),
+                                    (self.unit_read_b, self.unit_read_b_data)], "unit"))
         m.d.comb += self.load_write.ready.eq(1)
-        for write, read, _, side in sides:
-            # a read is held while a write reaches the same buffer
-            m.d.comb += read.ready.eq(~write.valid | (write.p.buffer != read.p.buffer))
-            read_buffers[side] = Signal(Buffer, name=f"{side}_read_buffer")
-            m.d.sync += read_buffers[side].eq(read.p.buffer)
+        read_buffers = {}
+        for write, readers, side in sides:
+            # a read is held while a write, or a reader before it, reaches the same buffer
+            for n, (read, _) in enumerate(readers):
+                busy = write.valid & (write.p.buffer == read.p.buffer)
+                for earlier, _ in readers[:n]:
+                    busy = busy | (earlier.valid & (earlier.p.buffer == read.p.buffer))
+                m.d.comb += read.ready.eq(~busy)
+                read_buffers[read] = Signal(Buffer, name=f"{side}_read{n}_buffer")
+                m.d.sync += read_buffers[read].eq(read.p.buffer)
         for buffer, size in buffer_bytes(config).items():
             mem = memory.Memory(shape=unsigned(8 * width), depth=-(-size // width), init=[])
             m.submodules[buffer.name.lower()] = mem
-            for write, read, read_data, side in sides:
+            for write, readers, side in sides:
+                # one address a cycle: the write's, or the read's that reaches this buffer
                 address = Signal(sram_word_bits(config), name=f"{buffer.name.lower()}_{side}_addr")
                 write_port = mem.write_port(granularity=8)
                 read_port = mem.read_port()
-                writing = write.valid & (write.p.buffer == buffer)
-                m.d.comb += [
-                    address.eq(read.p.addr),
-                    write_port.addr.eq(address), read_port.addr.eq(address),
-                    write_port.data.eq(write.p.data),
-                    read_port.en.eq(read.valid & read.ready & (read.p.buffer == buffer)),
-                ]
-                with m.If(writing):
+                m.d.comb += [write_port.addr.eq(address), read_port.addr.eq(address),
+                             write_port.data.eq(write.p.data)]
+                for read, data in reversed(readers):
+                    taken = read.valid & read.ready & (read.p.buffer == buffer)
+                    with m.If(taken):
+                        m.d.comb += [address.eq(read.p.addr), read_port.en.eq(1)]
+                    with m.If(read_buffers[read] == buffer):
+                        m.d.comb += data.eq(read_port.data)
+                with m.If(write.valid & (write.p.buffer == buffer)):
                     m.d.comb += [address.eq(write.p.addr), write_port.en.eq(write.p.strobe)]
-                with m.If(read_buffers[side] == buffer):
-                    m.d.comb += read_data.eq(read_port.data)
         return m

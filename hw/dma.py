@@ -246,7 +246,7 @@ class Dma(wiring.Component):
         with m.If(checking):
             m.d.sync += checking.eq(0)
             m.d.comb += extent.eq(t.dram + (t.rows - 1) * t.dram_stride + t.row_bytes)
-            past_buffer = 0 if self.to_unit else refused_by(dma_formats.rules(config, t))
+            past_buffer = Const(0, 1) if self.to_unit else refused_by(dma_formats.rules(config, t))
             outside = (t.rows != 0) & (extent > self.window_size)
             m.d.sync += [self.error.eq(past_buffer | outside),
                          self.error_code.eq(Mux(past_buffer, ErrorCode.BAD_FIELD,

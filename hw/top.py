@@ -9,8 +9,9 @@ both reaching every on-chip buffer (`hw.buffers`). The three AXI managers share 
 through `hw.axi.AxiArbiter`. When the run ends, ``status`` and ``failed_instruction`` say how and
 where, and the interrupt rises if enabled.
 
-The compute queue runs NOP, SYNC and FINISH. The compute units are not yet wired in: an instruction
-for one of them ends the run with ILLEGAL_OPCODE at its index.
+The compute queue runs NOP, SYNC, FINISH and VECTOR (`hw.vector_port.VectorPort`, the vector unit
+between the buffers and DRAM). The other compute units are not yet wired in: an instruction for
+one of them ends the run with ILLEGAL_OPCODE at its index.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -19,6 +20,7 @@ from amaranth.lib.wiring import In, Out, connect
 
 from ..config import AccelConfig
 from ..formats.dma import DMA_COUNTERS
+from ..formats.vector import VECTOR_COUNTERS
 from ..formats.instructions import ErrorCode, Opcode
 from ..formats.registers import TOP_COUNTERS
 from .axi import AxiArbiter, axi4_signature
@@ -27,10 +29,11 @@ from .controller import Controller
 from .dma import Dma
 from .fetch import Fetch
 from .registers import ControlRegisters, axi4_lite_signature
+from .vector_port import VectorPort
 
 __all__ = ["Accelerator", "AXI_ID_BITS"]
 
-_MANAGERS = ("fetch", "load_dma", "store_dma")
+_MANAGERS = ("fetch", "load_dma", "store_dma", "vector")
 AXI_ID_BITS = 1 + (len(_MANAGERS) - 1).bit_length()
 
 
@@ -64,11 +67,12 @@ class Accelerator(wiring.Component):
         m.submodules.load_dma = load_dma = Dma(config)
         m.submodules.store_dma = store_dma = Dma(config)
         m.submodules.buffers = buffers = Buffers(config)
+        m.submodules.vector = vector = VectorPort(config)
         m.submodules.arbiter = arbiter = AxiArbiter(len(_MANAGERS), config.axi_addr_width,
                                                     config.axi_data_width)
         wiring.connect(m, wiring.flipped(self.s_axil), regs.s_axil)
         wiring.connect(m, arbiter.m, wiring.flipped(self.m_axi))
-        for n, manager in enumerate((fetch, load_dma, store_dma)):
+        for n, manager in enumerate((fetch, load_dma, store_dma, vector)):
             wiring.connect(m, manager.m_axi, getattr(arbiter, f"s{n}"))
 
         # -- registers and the controller
@@ -110,26 +114,50 @@ class Accelerator(wiring.Component):
         wiring.connect(m, store_dma.sram_read, buffers.store_read)
         m.d.comb += store_dma.sram_read_data.eq(buffers.store_read_data)
 
-        # -- the compute queue: NOP and SYNC end at once; the units are not wired in yet
+        # -- the compute queue: NOP and SYNC end at once, VECTOR runs on its port; the other units
+        # are not wired in yet
         opcode = ctrl.compute.instruction.opcode
-        compute_error = Signal(ErrorCode)
+        active = Signal(Opcode)                           # the compute instruction under way
         with m.If(ctrl.compute.issue):
-            m.d.sync += compute_error.eq(Mux((opcode == Opcode.NOP) | (opcode == Opcode.SYNC),
-                                             ErrorCode.NONE, ErrorCode.ILLEGAL_OPCODE))
-        m.d.comb += [ctrl.compute.busy.eq(0), ctrl.compute.error.eq(compute_error)]
+            m.d.sync += active.eq(opcode)
+        m.d.comb += [
+            vector.issue.eq(ctrl.compute.issue & (opcode == Opcode.VECTOR)),
+            vector.command.eq(ctrl.compute.instruction.body.vector),
+            vector.window_base.eq(regs.window_base.base),
+            vector.window_size.eq(regs.window_size.size),
+        ]
+        wiring.connect(m, vector.read, buffers.unit_read)
+        wiring.connect(m, vector.read_b, buffers.unit_read_b)
+        wiring.connect(m, vector.write, buffers.unit_write)
+        m.d.comb += [vector.read_data.eq(buffers.unit_read_data),
+                     vector.read_b_data.eq(buffers.unit_read_b_data)]
+        with m.Switch(active):
+            with m.Case(Opcode.NOP, Opcode.SYNC):
+                m.d.comb += [ctrl.compute.busy.eq(0), ctrl.compute.error.eq(ErrorCode.NONE)]
+            with m.Case(Opcode.VECTOR):
+                m.d.comb += [ctrl.compute.busy.eq(vector.busy),
+                             ctrl.compute.error.eq(vector.error)]
+            with m.Default():
+                m.d.comb += [ctrl.compute.busy.eq(0),
+                             ctrl.compute.error.eq(ErrorCode.ILLEGAL_OPCODE)]
 
         # -- counters: the controller's, and each DMA engine's summed over the run's transfers
         for field in TOP_COUNTERS.members:
             m.d.comb += getattr(regs, f"top_{field}").value.eq(ctrl.perf[field])
-        for name, dma in (("load_dma", load_dma), ("store_dma", store_dma)):
-            total = Signal(DMA_COUNTERS, name=f"{name}_total")
+        # a unit's counters are cleared as it takes a command: the registers hold their sums over
+        # the run, each added as the unit's instruction ends
+        for name, layout, perf, busy in (
+                ("load_dma", DMA_COUNTERS, load_dma.perf, load_dma.busy),
+                ("store_dma", DMA_COUNTERS, store_dma.perf, store_dma.busy),
+                ("vector", VECTOR_COUNTERS, vector.perf, vector.busy)):
+            total = Signal(layout, name=f"{name}_total")
             was_busy = Signal(name=f"{name}_was_busy")
-            m.d.sync += was_busy.eq(dma.busy)
-            with m.If(was_busy & ~dma.busy):
-                for field in DMA_COUNTERS.members:
-                    m.d.sync += total[field].eq(total[field] + dma.perf[field])
+            m.d.sync += was_busy.eq(busy)
+            with m.If(was_busy & ~busy):
+                for field in layout.members:
+                    m.d.sync += total[field].eq(total[field] + perf[field])
             with m.If(ctrl.start & ~ctrl.busy):
                 m.d.sync += total.eq(0)
-            for field in DMA_COUNTERS.members:
+            for field in layout.members:
                 m.d.comb += getattr(regs, f"{name}_{field}").value.eq(total[field])
         return m

@@ -7,6 +7,10 @@ import json
 import pytest
 
 from moeaccel.config import preset
+from moeaccel.formats import records
+from moeaccel.formats.buffers import act_row_bytes, out_row_bytes
+from moeaccel.formats.router import TOKEN_GATE
+from moeaccel.formats.vector import VectorOp, operand_layout
 from moeaccel.formats.instructions import QUEUE_DEPTH
 from moeaccel.hw.top import Accelerator
 from moeaccel.isa import INSTRUCTION_BYTES, Buffer, Opcode, Program
@@ -91,6 +95,68 @@ def directed(config) -> list[dict]:
 ABORT_AFTER = 40
 
 
+def vector_case(config, name: str, op: VectorOp, rows: int, width: int, head_dim: int = 0,
+                seed: int = 0, eps_q: int | None = None, params: int = 12_000,
+                dst: Buffer | None = None) -> dict:
+    """A VECTOR program: its rows loaded from the window's random bytes (int32 for REQUANT), its
+    operands written at `params` (valid ones: small ``eps_q``, Q14 tables), the result stored back."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    act, out = act_row_bytes(config, width), out_row_bytes(config, width)
+    patches = []
+    layout = operand_layout(op, rows, width, head_dim)
+    if layout is not None:
+        record = records.zeros(layout, 1)[0]
+        if op in (VectorOp.RMSNORM, VectorOp.LAYERNORM):
+            record["eps_q"] = rng.integers(0, 1 << 20) if eps_q is None else eps_q
+            record["weight"] = rng.integers(-(1 << 15), 1 << 15, width)
+            record["bias"] = rng.integers(-(1 << 20), 1 << 20, width)
+        elif op is VectorOp.ROPE:
+            angles = rng.uniform(0, 6.3, (rows, head_dim // 2))
+            record[:] = np.concatenate([np.cos(angles), np.sin(angles)], 1) * (1 << 14)
+        else:
+            record[:] = rng.integers(-128, 128, width)
+        patches.append((params, record.tobytes().hex()))
+    source = Buffer.OUT if op is VectorOp.REQUANT else Buffer.ACT0
+    stride = out if op is VectorOp.REQUANT else act
+    target = dst or (Buffer.GATES if op is VectorOp.GATE else Buffer.ACT1)
+    program = Program(config, checked=False)
+    program.load(source, dram=0, rows=rows, row_bytes=stride, push_next=True)
+    two = op in (VectorOp.ADD, VectorOp.MUL)
+    if two:
+        program.load(Buffer.ACT1, dram=4096, rows=rows, row_bytes=act, push_next=True)
+    if two:
+        program.add(Opcode.NOP, pop_prev=True)      # the first load's token; the VECTOR waits for
+                                                    # the second's
+    program.vector(op, rows=rows, width=width, a=source, b=Buffer.ACT1, dst=target,
+                   params=params, multiplier=int(rng.integers(1 << 13, 1 << 15)),
+                   multiplier_b=int(rng.integers(1 << 13, 1 << 15)),
+                   shift=int(rng.integers(12, 22)), head_dim=head_dim, pop_prev=True,
+                   push_next=True)
+    stored = TOKEN_GATE.size * rows if op is VectorOp.GATE else act * rows
+    program.store(target, dram=8192, row_bytes=stored, pop_prev=True).finish()
+    return _case(name, program, patches=patches)
+
+
+def vector_cases(config) -> list[dict]:
+    head = 4 * config.vector_lanes
+    cases = [vector_case(config, f"VECTOR {op.name}", op, rows, width, head_dim, seed=n)
+             for n, (op, rows, width, head_dim) in enumerate([
+                 (VectorOp.ADD, 3, 40, 0), (VectorOp.MUL, 4, 33, 0),
+                 (VectorOp.RMSNORM, 3, 40, 0), (VectorOp.LAYERNORM, 2, 24, 0),
+                 (VectorOp.ROPE, 3, 2 * head, head), (VectorOp.REQUANT, 3, 37, 0),
+                 (VectorOp.GATE, 5, 40, 0)])]
+    cases += [
+        vector_case(config, "VECTOR ADD in place", VectorOp.ADD, 3, 40, dst=Buffer.ACT0, seed=9),
+        vector_case(config, "VECTOR RMSNORM with eps_q out of range", VectorOp.RMSNORM, 2, 16,
+                    eps_q=-5),
+        vector_case(config, "VECTOR GATE's weights past the window", VectorOp.GATE, 2, 40,
+                    params=WINDOW - 20),
+    ]
+    return cases
+
+
 def run_top(config_name: str, parameters: dict):
     return run_cocotb(Accelerator(preset(config_name)), toplevel="accelerator",
                       test_module="moeaccel.sim.tb.top", build_key=config_name,
@@ -100,13 +166,16 @@ def run_top(config_name: str, parameters: dict):
 @pytest.mark.sim
 def test_top_runs_programs_as_the_emulator_does(tmp_path):
     report = tmp_path / "top.json"
-    run_top("tiny", {"cases": directed(preset("tiny")), "random": 60,
-                     "report_file": str(report)})
+    run_top("tiny", {"cases": directed(preset("tiny")) + vector_cases(preset("tiny")),
+                     "random": 60, "report_file": str(report)})
     runs = {r["name"]: r for r in json.loads(report.read_text())}
     # an abort and the watchdog stop a long transfer at its next row: 64 rows of 16 beats each
     # would take over 1 000 cycles
     assert runs["aborted"]["cycles"] < ABORT_AFTER + 200, runs["aborted"]
     assert runs["a long load past the watchdog"]["cycles"] < 60 + 200
+    assert all(runs[f"VECTOR {op.name}"]["code"] == "NONE" for op in VectorOp)
+    assert runs["VECTOR RMSNORM with eps_q out of range"]["code"] == "BAD_FIELD"
+    assert runs["VECTOR GATE's weights past the window"]["code"] == "DMA_WINDOW"
     codes = {r["code"] for r in runs.values()}
     assert codes >= {"NONE", "DEADLOCK", "BAD_FIELD", "DMA_WINDOW", "NO_FINISH",
                      "ILLEGAL_OPCODE", "WATCHDOG", "ABORTED"}, codes

@@ -10,7 +10,8 @@ from . import records
 from .epilogue import ACTIVATION_TABLE, CHANNEL_PARAMS
 from .router import SELECTION_BIAS, TOKEN_GATE, dispatch_table, router_record
 
-__all__ = ["Buffer", "ACTIVATION_BUFFERS", "buffer_bytes", "act_row_bytes", "out_row_bytes",
+__all__ = ["Buffer", "ACTIVATION_BUFFERS", "buffer_bytes", "round_up", "act_row_bytes",
+           "out_row_bytes",
            "act_row", "out_value", "out_dtype"]
 
 
@@ -61,11 +62,22 @@ def buffer_bytes(config) -> dict[Buffer, int]:
     }
 
 
-def act_row_bytes(config, width: int) -> int:
+def round_up(value, multiple: int):
+    """`value` rounded up to a multiple of `multiple`: an int, or (`multiple` a power of two) an
+    Amaranth value."""
+    if multiple & (multiple - 1) == 0:
+        shift = multiple.bit_length() - 1
+        return ((value + (multiple - 1)) >> shift) << shift
+    if not isinstance(value, int):
+        raise TypeError(f"rows in hardware are rounded to powers of two, not to {multiple}")
+    return -(-value // multiple) * multiple
+
+
+def act_row_bytes(config, width):
     """Bytes between rows of `width` int8 values in an activation buffer (whole words)."""
-    return -(-width // config.act_word_bytes) * config.act_word_bytes
+    return round_up(width, config.act_word_bytes)
 
 
-def out_row_bytes(config, width: int) -> int:
+def out_row_bytes(config, width):
     """Bytes between rows of `width` int32 values in OUT (whole tiles of ``mac_rows``)."""
-    return -(-width // config.mac_rows) * config.mac_rows * records.size(out_value(config))
+    return round_up(width, config.mac_rows) * records.size(out_value(config))

@@ -260,7 +260,7 @@ def rules(config, opcode: Opcode, c) -> list:
     if opcode is Opcode.ATTENTION:
         return attention.rules(config, c.command)
     if opcode is Opcode.VECTOR:
-        return vector.rules(config, c)
+        return vector.rules(config, c) + vector.buffer_rules(config, c)
     return []
 
 

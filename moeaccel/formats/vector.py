@@ -7,14 +7,15 @@ from __future__ import annotations
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum
 
-from .buffers import ACTIVATION_BUFFERS, Buffer
+from .buffers import ACTIVATION_BUFFERS, Buffer, act_row_bytes, buffer_bytes, out_row_bytes
 from .numbers import MULT_BITS, SHIFT_BITS, SHIFT_MAX, count_bits
 from .rules import Fields, check_rules, member, mod, normalise
 
 __all__ = ["VectorOp", "NORMS", "TWO_OPERANDS", "ROW_OPS", "EPS_LIMIT", "LAYERNORM_MAX_WIDTH",
            "vector_command", "norm_operands", "rope_table", "gate_weights", "operand_layout",
            "vector_in", "vector_b", "vector_out", "operand_word", "VECTOR_COUNTERS", "row_words",
-           "head_limit", "operand_words", "sources", "targets", "rules", "check"]
+           "head_limit", "operand_words", "operand_bytes", "row_extent", "sources", "targets",
+           "rules", "buffer_rules", "check"]
 
 
 class VectorOp(enum.Enum, shape=3):
@@ -163,6 +164,23 @@ def operand_layout(op: VectorOp, rows: int, width: int, head_dim: int):
     return None
 
 
+def operand_bytes(c):
+    """Bytes of the operands a VECTOR body `c` reads at DRAM ``params`` (`operand_layout`; 0: none),
+    for a decoded body or a view of one (`rules`' convention)."""
+    norm = (c.op == VectorOp.RMSNORM) | (c.op == VectorOp.LAYERNORM)
+    return (norm * (8 + 6 * c.width) + (c.op == VectorOp.ROPE) * (2 * c.rows * c.head_dim)
+            + (c.op == VectorOp.GATE) * c.width)
+
+
+def row_extent(config, c, out: bool = False):
+    """One past the last byte the rows of body `c` take in an activation buffer, or (`out`) in OUT:
+    ``(rows - 1) x`` the row stride ``+ width`` values (`buffers.act_row_bytes`,
+    `buffers.out_row_bytes`), as the emulator's row reads and writes bound them."""
+    if out:
+        return (c.rows - 1) * out_row_bytes(config, c.width) + 4 * c.width
+    return (c.rows - 1) * act_row_bytes(config, c.width) + c.width
+
+
 def sources(op: VectorOp) -> tuple[Buffer, ...]:
     """The buffers `op` reads its rows from."""
     return (Buffer.OUT,) if op is VectorOp.REQUANT else ACTIVATION_BUFFERS
@@ -208,6 +226,21 @@ def rules(config, c):
         (lambda: f"LAYERNORM: width={c.width} is beyond {LAYERNORM_MAX_WIDTH} (the centred sum of "
                  f"squares must fit 63 bits)",
          (c.op == VectorOp.LAYERNORM) & (c.width > LAYERNORM_MAX_WIDTH)),
+    ]
+
+
+def buffer_rules(config, c):
+    """The refusals of a VECTOR instruction (body `c`) beyond the unit's own (`rules`): rows past the
+    end of the buffers they are read from or written to, as the emulator bounds them."""
+    requant = c.op == VectorOp.REQUANT
+    act_size, out_size = config.act_buffer_bytes, buffer_bytes(config)[Buffer.OUT]
+    return [
+        (lambda: f"{c.op.name}: {c.rows} rows of {c.width} reach byte {row_extent(config, c, True)} "
+                 f"of OUT's {out_size}",
+         requant & (row_extent(config, c, True) > out_size)),
+        (lambda: f"{c.op.name}: {c.rows} rows of {c.width} reach byte {row_extent(config, c)} of "
+                 f"an activation buffer's {act_size}",
+         row_extent(config, c) > act_size),
     ]
 
 

@@ -12,7 +12,8 @@ follows the one before without a reset.
 Parameters (`tb_params`): ``config``; ``cases``, each a dict with ``name``, ``program`` (hex),
 ``window`` (bytes), ``serialise``, ``watchdog`` (cycles, 0: none), ``abort_after`` (cycles after
 start; the run must end with ABORTED), ``expect`` (an `ErrorCode` name the run must end with where
-the emulator does not model it: WATCHDOG, ABORTED), ``fill`` (a seed for the window's bytes);
+the emulator does not model it: WATCHDOG, ABORTED), ``fill`` (a seed for the window's bytes), ``patches`` (``(offset, hex)`` bytes then written into
+the window);
 ``random`` (that many random programs, `sim.programs.random_program`, on built opcodes, serialised);
 ``pause``; ``report_file``.
 """
@@ -41,7 +42,8 @@ PROGRAM_BASE = 0x1000
 WINDOW_BASE = 0x8000
 GUARD_BYTES = 0x1000            # after the window
 NONE_INDEX = 0xFFFF_FFFF        # failed_instruction when no instruction is to blame
-BUILT = (Opcode.LOAD, Opcode.STORE, Opcode.NOP, Opcode.SYNC, Opcode.FINISH)
+BUILT = (Opcode.LOAD, Opcode.STORE, Opcode.LOAD, Opcode.STORE, Opcode.NOP, Opcode.SYNC,
+         Opcode.FINISH, Opcode.VECTOR)
 
 
 class TopTB:
@@ -89,6 +91,9 @@ class TopTB:
             fill = (random.Random(case["fill"]).randbytes(window) if case["fill"] is not None
                     else bytes(window))
             before = before[:WINDOW_BASE] + fill + before[WINDOW_BASE + window:]
+        for offset, patch in case.get("patches", []):
+            at = WINDOW_BASE + offset
+            before = before[:at] + bytes.fromhex(patch) + before[at + len(bytes.fromhex(patch)):]
         before = before[:PROGRAM_BASE] + program + before[PROGRAM_BASE + len(program):]
         ram.write(0, before)
 
