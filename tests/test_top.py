@@ -164,10 +164,12 @@ def run_top(config_name: str, parameters: dict):
 
 
 @pytest.mark.sim
-def test_top_runs_programs_as_the_emulator_does(tmp_path):
+@pytest.mark.parametrize("config_name, random_programs", [("tiny", 60), ("pynq-z2", 20)])
+def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, tmp_path):
     report = tmp_path / "top.json"
-    run_top("tiny", {"cases": directed(preset("tiny")) + vector_cases(preset("tiny")),
-                     "random": 60, "report_file": str(report)})
+    config = preset(config_name)
+    run_top(config_name, {"cases": directed(config) + vector_cases(config),
+                          "random": random_programs, "report_file": str(report)})
     runs = {r["name"]: r for r in json.loads(report.read_text())}
     # an abort and the watchdog stop a long transfer at its next row: 64 rows of 16 beats each
     # would take over 1 000 cycles
