@@ -45,6 +45,8 @@ def directed(config) -> list[dict]:
         pipe.store(buffer, dram=8192 + 256 * n, rows=2, row_bytes=96, dram_stride=128,
                    pop_prev=True)
     cases.append(_case("double-buffered pipeline", pipe.sync().finish()))
+    # fetch bursts stop at a 4 KiB boundary: the pipeline again, three instructions before one
+    cases.append(_case("a program across a 4 KiB boundary", pipe, program_base=0x2000 - 96))
     buffers = P()
     for n, buffer in enumerate(Buffer):
         buffers.load(buffer, dram=64 * n + n, row_bytes=200 - n, push_next=True)

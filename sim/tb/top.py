@@ -6,13 +6,14 @@ program the whole RAM is filled with random bytes; the program goes below the DM
 starts at `WINDOW_BASE`. The host sets the registers and starts the run, then waits for the
 interrupt (a run that does not raise it within its cycle budget fails the test). After the run the
 window must hold exactly the emulator's DRAM, every byte outside it must be as it was (the guard
-bytes), and the error code and the failed instruction's index must be the emulator's. Every run
-follows the one before without a reset.
+bytes), and the error code and the failed instruction's index must be the emulator's; every AXI
+burst must keep AXI's rules (INCR, bus-wide beats, none across a 4 KiB boundary). Every run follows
+the one before without a reset.
 
 Parameters (`tb_params`): ``config``; ``cases``, each a dict with ``name``, ``program`` (hex),
 ``window`` (bytes), ``serialise``, ``watchdog`` (cycles, 0: none), ``abort_after`` (cycles after
 start; the run must end with ABORTED), ``expect`` (an `ErrorCode` name the run must end with where
-the emulator does not model it: WATCHDOG, ABORTED), ``fill`` (a seed for the window's bytes), ``patches`` (``(offset, hex)`` bytes then written into
+the emulator does not model it: WATCHDOG, ABORTED), ``program_base`` (a multiple of 32 below `WINDOW_BASE`), ``fill`` (a seed for the window's bytes), ``patches`` (``(offset, hex)`` bytes then written into
 the window);
 ``random`` (that many random programs, `sim.programs.random_program`, on built opcodes, serialised);
 ``pause``; ``report_file``.
@@ -68,6 +69,27 @@ class TopTB:
     async def start(self):
         await start_clock(self.dut, CLOCK_NS)
         await reset(self.dut)
+        self.protocol = []
+        cocotb.start_soon(self._bursts())
+
+    async def _bursts(self):
+        """AXI's rules on every burst the top issues: INCR, at most 256 beats, none across a
+        4 KiB boundary, beats of the bus's width."""
+        dut, size = self.dut, (self.config.axi_data_bytes - 1).bit_length()
+        while True:
+            await RisingEdge(dut.clk)
+            await ReadOnly()
+            for channel in ("ar", "aw"):
+                if int(getattr(dut, f"m_axi__{channel}valid").value) and \
+                        int(getattr(dut, f"m_axi__{channel}ready").value):
+                    address = int(getattr(dut, f"m_axi__{channel}addr").value)
+                    beats = int(getattr(dut, f"m_axi__{channel}len").value) + 1
+                    burst = int(getattr(dut, f"m_axi__{channel}burst").value)
+                    width = int(getattr(dut, f"m_axi__{channel}size").value)
+                    if (burst != 1 or width != size
+                            or address % 4096 + (beats << width) > 4096):
+                        self.protocol.append(f"{channel.upper()} burst at {address:#x}, {beats} "
+                                             f"beats of 2**{width} bytes, burst type {burst}")
 
     async def write(self, register: str, value: int) -> None:
         await self.host.write_dword(self.map[register].offset, value)
@@ -84,7 +106,8 @@ class TopTB:
         program = bytes.fromhex(case["program"])
         window = case["window"]
         assert WINDOW_BASE + window + GUARD_BYTES <= self.ram_bytes, "the window is too large"
-        assert PROGRAM_BASE + len(program) <= WINDOW_BASE, "the program overlaps the window"
+        program_base = case.get("program_base", PROGRAM_BASE)
+        assert program_base + len(program) <= WINDOW_BASE, "the program overlaps the window"
         ram = self.ram
         before = rng.randbytes(self.ram_bytes)
         if "fill" in case:
@@ -94,7 +117,7 @@ class TopTB:
         for offset, patch in case.get("patches", []):
             at = WINDOW_BASE + offset
             before = before[:at] + bytes.fromhex(patch) + before[at + len(bytes.fromhex(patch)):]
-        before = before[:PROGRAM_BASE] + program + before[PROGRAM_BASE + len(program):]
+        before = before[:program_base] + program + before[program_base + len(program):]
         ram.write(0, before)
 
         emulator = Emulator(self.config, window, watchdog_cycles=1 << 32)
@@ -105,7 +128,7 @@ class TopTB:
         self.buffers = {b: bytearray(content) for b, content in emulator.buffers.items()}
 
         await self.write("irq_enable", 0b11)
-        await self.write("program_address", PROGRAM_BASE)
+        await self.write("program_address", program_base)
         await self.write("program_length", len(program) // 32)
         await self.write("window_base", WINDOW_BASE)
         await self.write("window_size", window)
@@ -136,7 +159,8 @@ class TopTB:
         await ReadOnly()
         irq_cleared = not dut.irq.value
 
-        mismatches = []
+        mismatches = self.protocol
+        self.protocol = []
         code = ErrorCode(self.field("status", "error_code", status))
         if not self.field("status", "done", status) or self.field("status", "busy", status):
             mismatches.append(f"status {status:#x}: not done, or still busy")
