@@ -183,3 +183,16 @@ def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, tm
     codes = {r["code"] for r in runs.values()}
     assert codes >= {"NONE", "DEADLOCK", "BAD_FIELD", "DMA_WINDOW", "NO_FINISH",
                      "ILLEGAL_OPCODE", "WATCHDOG", "ABORTED"}, codes
+
+
+def test_the_speed_program_runs_on_the_emulator():
+    """`python -m moeaccel.sim.speed`'s program is one the emulator runs to FINISH, moving every
+    row."""
+    from moeaccel.host.emulator import Emulator
+    from moeaccel.sim.speed import ROW_BYTES, ROWS, streaming_program
+
+    config = preset("pynq-z2")
+    emulator = Emulator(config, 2 * ROWS * ROW_BYTES)
+    emulator.dram[:ROWS * ROW_BYTES] = bytes(range(256)) * (ROWS * ROW_BYTES // 256)
+    assert emulator.run(streaming_program(config)).ok
+    assert emulator.dram[ROWS * ROW_BYTES:] == emulator.dram[:ROWS * ROW_BYTES]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 
 import cocotb
 from cocotb.simtime import get_sim_time
@@ -136,6 +137,7 @@ class TopTB:
         serialise = 1 << 2 if case.get("serialise") else 0
         await self.write("control", serialise | 1)
         started = get_sim_time("ns")
+        wall = time.monotonic()
         limit = case.get("cycles", 200_000)
         if "abort_after" in case:
             await ClockCycles(dut.clk, case["abort_after"])
@@ -148,6 +150,7 @@ class TopTB:
             assert get_sim_time("ns") - started < limit * CLOCK_NS, \
                 f"{case['name']}: no interrupt in {limit} cycles"
         cycles = round((get_sim_time("ns") - started) / CLOCK_NS)
+        wall = time.monotonic() - wall
         await RisingEdge(dut.clk)
         status = await self.read("status")
         index = await self.read("failed_instruction")
@@ -195,7 +198,7 @@ class TopTB:
             mismatches += report["mismatches"]
             self.buffers = {b: bytearray(n) for b, n in buffer_bytes(self.config).items()}
         return {"name": case["name"], "mismatches": mismatches, "cycles": cycles,
-                "code": code.name, "index": index, "counters": counters,
+                "code": code.name, "index": index, "counters": counters, "wall_s": wall,
                 "model_cycles": golden.cycles}
 
 
