@@ -12,11 +12,11 @@ Timing is the performance model's (`moeaccel.cycles.instruction_cycles`): each q
 instructions in order; an instruction starts when its queue is free and the tokens it pops have been
 pushed, so a load can overlap the compute before it exactly as far as the tokens allow. Measured,
 equal to the units' counts in RTL simulation: ATTENTION, ROUTE and a LINEAR whose weights stream
-from DRAM. Modelled, with no RTL behind them yet (the accelerator top, its WEIGHT buffer, expert loop
-and vector unit, does not exist): a ``preloaded`` LINEAR (the same formula with one cycle a weight
-word, as if WEIGHT fed the engine a word a cycle); EXPERT_LOOP, its experts' passes plus their
-descriptor and parameter transfers, less what ``prefetch`` overlaps; VECTOR and LOAD/STORE, a
-set-up plus a word or beat a cycle.
+from DRAM. Modelled, not yet calibrated against the accelerator top (``hw.top``, docs/top.md): VECTOR
+and LOAD/STORE, a set-up plus a word or beat a cycle. Modelled with no RTL behind them yet: a
+``preloaded`` LINEAR (the same formula with one cycle a weight word, as if WEIGHT fed the engine a
+word a cycle); EXPERT_LOOP, its experts' passes plus their descriptor and parameter transfers,
+less what ``prefetch`` overlaps.
 """
 
 from __future__ import annotations
