@@ -10,10 +10,10 @@ import random
 from amaranth.lib import data, enum
 
 from .. import isa
-from ..formats.buffers import Buffer
+from ..formats.buffers import Buffer, buffer_bytes
 from ..formats.instructions import Opcode, bodies
 
-__all__ = ["random_fields", "random_instruction", "random_program"]
+__all__ = ["random_fields", "random_instruction", "random_program", "random_pipeline"]
 
 
 def random_fields(rng: random.Random, layout, window: int) -> dict:
@@ -90,3 +90,48 @@ def random_program(rng: random.Random, config, window: int, opcodes=OPCODES,
 
 def _opcode(word: bytes) -> int:
     return word[0] & ((1 << Opcode.as_shape().width) - 1)
+
+
+def random_pipeline(rng: random.Random, config, window: int, stages: int) -> bytes:
+    """A program whose result does not depend on the order its queues run in: `stages` copies,
+    each a LOAD of random rows into its own part of a buffer, a NOP (or SYNC now and then) passing
+    the load's token on, and a STORE of the rows to its own part of the window, held together by
+    dependency tokens; the three queues' instructions interleaved at random, so the queues overlap
+    as far as the tokens let them."""
+    sizes = {b: n for b, n in buffer_bytes(config).items() if n >= 1024}
+    buffers = sorted(sizes, key=lambda b: b.value)
+    half = window // 2
+    slice_bytes = half // stages
+    steps = []
+    for stage in range(stages):
+        buffer = rng.choice(buffers)
+        part = sizes[buffer] // stages                  # the stage's own part of the buffer
+        rows = rng.randint(1, 4)
+        row_bytes = rng.randint(1, max(1, min(part // rows, slice_bytes // rows) - 1))
+        sram = part * stage
+        dram = rng.randrange(0, half - rows * row_bytes + 1)
+        target = half + slice_bytes * stage
+        steps.append([
+            ("load", dict(buffer=buffer, dram=dram, rows=rows, row_bytes=row_bytes, sram=sram,
+                          dram_stride=row_bytes, push_next=True)),
+            ("sync" if rng.random() < 0.1 else "nop", dict(pop_prev=True, push_next=True)),
+            ("store", dict(buffer=buffer, dram=target, rows=rows, row_bytes=row_bytes, sram=sram,
+                           dram_stride=row_bytes, pop_prev=True)),
+        ])
+    # Tokens are counts, not names: the n-th token a queue pops is the n-th its neighbour pushed.
+    # So each queue takes the stages in order, and a stage's LOAD comes before its NOP and its
+    # NOP before its STORE; within that, the three queues' instructions interleave at random.
+    program = isa.Program(config)
+    taken = [0, 0, 0]                                   # loads, NOPs and stores placed
+    while taken[2] < stages:
+        ready = [q for q in range(3) if taken[q] < stages and (q == 0 or taken[q] < taken[q - 1])]
+        queue = rng.choice(ready)
+        kind, fields = steps[taken[queue]][queue]
+        taken[queue] += 1
+        if kind == "load":
+            program.load(**fields)
+        elif kind == "store":
+            program.store(**fields)
+        else:
+            program.add(Opcode.SYNC if kind == "sync" else Opcode.NOP, **fields)
+    return program.finish().encode()

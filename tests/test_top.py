@@ -166,12 +166,15 @@ def run_top(config_name: str, parameters: dict):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("config_name, random_programs", [("tiny", 60), ("pynq-z2", 20)])
-def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, tmp_path):
+@pytest.mark.parametrize("config_name, random_programs, pipelines",
+                         [("tiny", 60, 20), ("pynq-z2", 20, 10)])
+def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, pipelines,
+                                                tmp_path):
     report = tmp_path / "top.json"
     config = preset(config_name)
     run_top(config_name, {"cases": directed(config) + vector_cases(config),
-                          "random": random_programs, "report_file": str(report)})
+                          "random": random_programs, "pipelines": pipelines,
+                          "report_file": str(report)})
     runs = {r["name"]: r for r in json.loads(report.read_text())}
     # an abort and the watchdog stop a long transfer at its next row: 64 rows of 16 beats each
     # would take over 1 000 cycles
@@ -180,6 +183,7 @@ def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, tm
     assert all(runs[f"VECTOR {op.name}"]["code"] == "NONE" for op in VectorOp)
     assert runs["VECTOR RMSNORM with eps_q out of range"]["code"] == "BAD_FIELD"
     assert runs["VECTOR GATE's weights past the window"]["code"] == "DMA_WINDOW"
+    assert all(r["code"] == "NONE" for name, r in runs.items() if name.startswith("pipeline"))
     codes = {r["code"] for r in runs.values()}
     assert codes >= {"NONE", "DEADLOCK", "BAD_FIELD", "DMA_WINDOW", "NO_FINISH",
                      "ILLEGAL_OPCODE", "WATCHDOG", "ABORTED"}, codes

@@ -16,6 +16,7 @@ start; the run must end with ABORTED), ``expect`` (an `ErrorCode` name the run m
 the emulator does not model it: WATCHDOG, ABORTED), ``program_base`` (a multiple of 32 below `WINDOW_BASE`), ``fill`` (a seed for the window's bytes), ``patches`` (``(offset, hex)`` bytes then written into
 the window);
 ``random`` (that many random programs, `sim.programs.random_program`, on built opcodes, serialised);
+``pipelines`` (that many `sim.programs.random_pipeline` programs, run in parallel);
 ``pause``; ``report_file``.
 """
 
@@ -37,7 +38,7 @@ from ...formats.registers import register_map
 from ...host.emulator import Emulator
 from ...isa import Program
 from ..harness import check_cases, pause_axi, reset, start_clock, tb_params
-from ..programs import random_program
+from ..programs import random_pipeline, random_program
 
 CLOCK_NS = 10
 PROGRAM_BASE = 0x1000
@@ -203,6 +204,7 @@ class TopTB:
 
 
 RANDOM_WINDOW = 4096
+PIPELINE_WINDOW = 1 << 14
 
 
 def random_programs(config, count: int, seed: int) -> list[bytes]:
@@ -230,4 +232,10 @@ async def programs_match_the_emulator(dut):
                                              params.get("seed", 13))):
         cases.append({"name": f"random {n}", "program": blob.hex(), "window": RANDOM_WINDOW,
                       "serialise": True})
+    rng_pipelines = random.Random(params.get("seed", 13) + 1)
+    for n in range(params.get("pipelines", 0)):
+        blob = random_pipeline(rng_pipelines, config, PIPELINE_WINDOW,
+                               rng_pipelines.randint(1, 14))
+        cases.append({"name": f"pipeline {n}", "program": blob.hex(),
+                      "window": PIPELINE_WINDOW, "fill": n})
     await check_cases(dut, cases, tb.run, _describe, "the top's runs")
