@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..formats.buffers import Buffer, act_row_bytes, out_row_bytes
-from ..formats.dma import dma_command, sram_read_request, sram_write
+from ..formats.dma import sram_read_request, sram_write
 from ..formats.instructions import ADDRESS_BITS, ErrorCode
 from ..formats.router import TOKEN_GATE
 from ..formats.vector import VECTOR_COUNTERS, VectorOp, operand_bytes, vector_command
@@ -56,7 +56,7 @@ class _RowReader:
         self.words = Signal(16, name=f"{name}_words")        # words a row
         self.stride = Signal(ADDRESS_BITS, name=f"{name}_stride")
         self.step = Signal(range(4 * word_bytes + 1), name=f"{name}_step")   # bytes a word
-        self.beats = Signal(range(word_bytes // 1 + 1), name=f"{name}_beats")  # requests a word
+        self.beats = Signal(range(word_bytes + 1), name=f"{name}_beats")     # requests a word
         self.row = Signal(ADDRESS_BITS, name=f"{name}_row")                   # row's first byte
         self.word = Signal(16, name=f"{name}_word")
         self.beat = Signal(range(word_bytes + 1), name=f"{name}_beat")
@@ -117,7 +117,9 @@ class _Unpacker:
         given = Mux(count < size, count, size)
         m.d.comb += [
             self.o_valid.eq((left != 0) & ((count >= size) | ((received == total) & (count != 0)))),
-            self.o_data.eq(held[:8 * largest] & ~(Const(-1, 8 * largest + 1) << (given << 3))[:8 * largest]),
+            # the element's bytes; those past the stream's end are zero
+            self.o_data.eq(held[:8 * largest]
+                           & ~(Const(-1, 8 * largest + 1) << (given << 3))[:8 * largest]),
         ]
         popping = self.o_valid & self.o_ready
         after_pop_count = Signal.like(count)
@@ -252,7 +254,6 @@ class VectorPort(wiring.Component):
         weight_read = weights_mem.read_port()
         stage_valid = Signal()
         stage = Signal(8 * largest)
-        stage_phase = Signal(range(4))
         transfer = reader.cmd.p.transfer
         dram = Signal(ADDRESS_BITS)
         m.d.comb += [reader.cmd.p.store.eq(0), transfer.buffer.eq(Buffer.WEIGHT),
@@ -284,7 +285,8 @@ class VectorPort(wiring.Component):
         m.d.comb += unpack.o_ready.eq(stopping | Mux(to_unit, can_stage, 1))
         popped = unpack.o_valid & unpack.o_ready & ~stopping
         m.d.comb += [weight_read.addr.eq(element), weight_read.en.eq(popped & to_unit),
-                     weight_write.addr.eq(element), weight_write.data.eq(unpack.o_data[:16 * lanes]),
+                     weight_write.addr.eq(element),
+                     weight_write.data.eq(unpack.o_data[:16 * lanes]),
                      weight_write.en.eq(popped & (phase == 2) & norm)]
         with m.If(popped):
             m.d.sync += element.eq(element + 1)
@@ -293,7 +295,7 @@ class VectorPort(wiring.Component):
         with m.If(unit.operands.valid & unit.operands.ready):
             m.d.sync += stage_valid.eq(0)
         with m.If(popped & to_unit):
-            m.d.sync += [stage_valid.eq(1), stage.eq(unpack.o_data), stage_phase.eq(phase)]
+            m.d.sync += [stage_valid.eq(1), stage.eq(unpack.o_data)]
         with m.If(stopping):
             m.d.sync += stage_valid.eq(0)             # the unit takes nothing more
         m.d.comb += [unit.operands.valid.eq(stage_valid), unit.operands.p.eps_q.eq(eps)]
