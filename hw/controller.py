@@ -220,7 +220,7 @@ class Controller(wiring.Component):
             m.d.comb += ending.eq(running[q] & ~units[q].busy)
             ends[q] = ending
             with m.If(ending):
-                m.d.sync += [running[q].eq(0), perf.instructions.eq(perf.instructions + 1)]
+                m.d.sync += running[q].eq(0)
             failed = units[q].error != ErrorCode.NONE
             faults.append((ending & failed, running_index[q], units[q].error))
             done_deps = running_word[q].deps
@@ -237,6 +237,9 @@ class Controller(wiring.Component):
                 m.d.sync += perf[f"{name}_busy_cycles"].eq(perf[f"{name}_busy_cycles"] + 1)
             with m.If(running_run & have & ~running[q] & ~ready):
                 m.d.sync += perf[f"{name}_stall_cycles"].eq(perf[f"{name}_stall_cycles"] + 1)
+        # queues may end instructions in the same cycle: each is counted
+        with m.If(self.busy):                 # (not as a run starts: the counters clear)
+            m.d.sync += perf.instructions.eq(perf.instructions + sum(ends.values()))
         for pair, counter in tokens.items():
             m.d.sync += counter.eq(counter + sum(pushes[pair]) - sum(pops[pair]))
         with m.If(start):

@@ -36,7 +36,7 @@ from ...formats.buffers import buffer_bytes
 from ...formats.instructions import ErrorCode, Opcode
 from ...formats.registers import register_map
 from ...host.emulator import Emulator
-from ...isa import Program
+from ...isa import DecodeError, Program, decode
 from ..harness import check_cases, pause_axi, reset, start_clock, tb_params
 from ..programs import random_pipeline, random_program
 
@@ -92,6 +92,28 @@ class TopTB:
                             or address % 4096 + (beats << width) > 4096):
                         self.protocol.append(f"{channel.upper()} burst at {address:#x}, {beats} "
                                              f"beats of 2**{width} bytes, burst type {burst}")
+
+    def _check_counters(self, program: bytes, code: ErrorCode, counters: dict, golden) -> list:
+        """A run that ends at its last instruction, a FINISH, ran every instruction: the counters
+        must say so (instructions ended, bytes each DMA engine moved, cycles within the run)."""
+        try:
+            instructions = decode(self.config, program)
+        except DecodeError:
+            return []
+        if code is not ErrorCode.NONE or golden.instruction != len(instructions) - 1:
+            return []
+        want = {"top_instructions": len(instructions) - 1,           # all but the FINISH
+                "load_dma_bytes_read": _moved(instructions, Opcode.LOAD),
+                "store_dma_bytes_written": _moved(instructions, Opcode.STORE)}
+        wrong = [f"counter {name} {counters[name]}, expected {value}"
+                 for name, value in want.items() if counters[name] != value]
+        total = counters["top_total_cycles"]
+        for queue in ("load", "compute", "store"):
+            if counters[f"top_{queue}_busy_cycles"] + counters[f"top_{queue}_stall_cycles"] > total:
+                wrong.append(f"the {queue} queue's busy and stall cycles exceed the run's {total}")
+        if counters["load_dma_busy_cycles"] > counters["top_load_busy_cycles"]:
+            wrong.append("the load DMA engine was busy longer than the load queue")
+        return wrong
 
     async def write(self, register: str, value: int) -> None:
         await self.host.write_dword(self.map[register].offset, value)
@@ -156,8 +178,8 @@ class TopTB:
         status = await self.read("status")
         index = await self.read("failed_instruction")
         irq_status = await self.read("irq_status")
-        counters = {name[4:]: await self.read(name) for name in self.map
-                    if name.startswith("top_")}
+        counters = {name: await self.read(name) for name in self.map
+                    if name.startswith(("top_", "load_dma_", "store_dma_", "vector_"))}
         await self.write("irq_status", 0b11)
         await RisingEdge(dut.clk)
         await ReadOnly()
@@ -183,6 +205,7 @@ class TopTB:
             if got != bytes(emulator.dram):
                 first = next(i for i in range(window) if got[i] != emulator.dram[i])
                 mismatches.append(f"window byte {first:#x} differs from the emulator's")
+        mismatches += self._check_counters(program, code, counters, golden)
         outside = after[:WINDOW_BASE] + after[WINDOW_BASE + window:]
         if outside != before[:WINDOW_BASE] + before[WINDOW_BASE + window:]:
             mismatches.append("a byte outside the window changed")
@@ -211,6 +234,11 @@ def random_programs(config, count: int, seed: int) -> list[bytes]:
     """`count` random programs of the opcodes the top runs, as `sim.programs` draws them."""
     rng = random.Random(seed)
     return [random_program(rng, config, RANDOM_WINDOW, opcodes=BUILT) for _ in range(count)]
+
+
+def _moved(instructions, opcode: Opcode) -> int:
+    return sum(i.fields["rows"] * i.fields["row_bytes"] for i in instructions
+               if i.opcode is opcode)
 
 
 def _describe(case: dict, report: dict) -> str:
