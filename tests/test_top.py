@@ -34,7 +34,8 @@ def directed(config) -> list[dict]:
             .store(Buffer.ACT0, dram=5000, rows=3, row_bytes=100, dram_stride=101,
                    sram_stride=128, pop_prev=True)
             .finish())
-    cases += [_case("copy through ACT0", copy), _case("copy, serialised", copy, serialise=True)]
+    cases += [_case("copy through ACT0", copy), _case("copy, serialised", copy, serialise=True),
+              _case("copy, polled without the interrupt", copy, poll=True)]
     # a double-buffered pipeline: load n+1 while n is "computed" and n-1 stored
     pipe = P()
     for n in range(12):
