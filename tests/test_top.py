@@ -150,7 +150,10 @@ def vector_cases(config) -> list[dict]:
                  (VectorOp.RMSNORM, 3, 40, 0), (VectorOp.LAYERNORM, 2, 24, 0),
                  (VectorOp.ROPE, 3, 2 * head, head), (VectorOp.REQUANT, 3, 37, 0),
                  (VectorOp.GATE, 5, 40, 0)])]
+    aborted = vector_case(config, "VECTOR RMSNORM, aborted", VectorOp.RMSNORM, 16, 200, seed=4)
+    aborted.update(abort_after=750, expect="ABORTED")      # after the LOAD, in the VECTOR
     cases += [
+        aborted,
         vector_case(config, "VECTOR ADD in place", VectorOp.ADD, 3, 40, dst=Buffer.ACT0, seed=9),
         vector_case(config, "VECTOR RMSNORM with eps_q out of range", VectorOp.RMSNORM, 2, 16,
                     eps_q=-5),
