@@ -273,6 +273,11 @@ def test_resource_tables_quote_the_recorded_synthesis():
     assert (f"the unit's {dsp['vector']} DSPs beside the Expert-FFN engine's {dsp['expert-ffn']} "
             f"exceed the xc7z020's 220" in _prose(DOCS / "vector.md"))
     assert dsp["vector"] + dsp["expert-ffn"] > 220
+    bram = {entry["config"]: summary(entry)["bram36"] for entry in load_figures()["resources"]
+            if entry["block"] == "buffers"}
+    assert (f"On pynq-z2 the buffers take {bram['pynq-z2']} RAMB36, more than the xc7z020's 140"
+            in _prose(DOCS / "top.md"))
+    assert bram["pynq-z2"] > 140
 
 
 @pytest.mark.slow
