@@ -1,5 +1,7 @@
 """The on-chip buffers of the accelerator top, one memory each, sized by
-`formats.buffers.buffer_bytes`, in words of the bus (``axi_data_bytes``) with byte enables.
+`formats.buffers.buffer_bytes`, with byte enables. A memory's word is its widest client's
+(`word_bytes`: the activation buffers the Expert-FFN engine's activation word, OUT a tile of int32
+sums, the others a bus word); the ports here address bus words, each a slice of a memory word.
 
 Each memory has two sides, each one address a cycle (a true dual-port block RAM):
 
@@ -18,10 +20,19 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
-from ..formats.buffers import Buffer, buffer_bytes
+from ..formats.buffers import Buffer, buffer_bytes, out_row_bytes
 from ..formats.dma import sram_read_request, sram_word_bits, sram_write
 
-__all__ = ["Buffers"]
+__all__ = ["Buffers", "word_bytes"]
+
+
+def word_bytes(config) -> dict:
+    """Each buffer's memory word: the activation buffers an activation word (the Expert-FFN
+    engine's), OUT a tile of int32 sums, the others a bus word; never narrower than the bus."""
+    bus = config.axi_data_bytes
+    wide = {Buffer.ACT0: config.act_word_bytes, Buffer.ACT1: config.act_word_bytes,
+            Buffer.OUT: out_row_bytes(config, config.mac_rows)}
+    return {buffer: max(bus, wide.get(buffer, bus)) for buffer in buffer_bytes(config)}
 
 
 class Buffers(wiring.Component):
@@ -61,6 +72,7 @@ class Buffers(wiring.Component):
                                     (self.unit_read_b, self.unit_read_b_data)], "unit"))
         m.d.comb += self.load_write.ready.eq(1)
         read_buffers = {}
+        read_words = {}
         for write, readers, side in sides:
             # a read is held while a write, or a reader before it, reaches the same buffer
             for n, (read, _) in enumerate(readers):
@@ -69,23 +81,33 @@ class Buffers(wiring.Component):
                     busy = busy | (earlier.valid & (earlier.p.buffer == read.p.buffer))
                 m.d.comb += read.ready.eq(~busy)
                 read_buffers[read] = Signal(Buffer, name=f"{side}_read{n}_buffer")
-                m.d.sync += read_buffers[read].eq(read.p.buffer)
+                read_words[read] = Signal.like(read.p.addr, name=f"{side}_read{n}_word")
+                m.d.sync += [read_buffers[read].eq(read.p.buffer), read_words[read].eq(read.p.addr)]
+        words = word_bytes(config)
         for buffer, size in buffer_bytes(config).items():
-            mem = memory.Memory(shape=unsigned(8 * width), depth=-(-size // width), init=[])
+            # a memory word holds `ratio` bus words: a bus word is a slice of it, by its strobes
+            ratio = words[buffer] // width
+            lg = (ratio - 1).bit_length()
+            mem = memory.Memory(shape=unsigned(8 * words[buffer]),
+                                depth=-(-size // words[buffer]), init=[])
             m.submodules[buffer.name.lower()] = mem
             for write, readers, side in sides:
                 # one address a cycle: the write's, or the read's that reaches this buffer
-                address = Signal(sram_word_bits(config), name=f"{buffer.name.lower()}_{side}_addr")
+                address = Signal(sram_word_bits(config) - lg,
+                                 name=f"{buffer.name.lower()}_{side}_addr")
                 write_port = mem.write_port(granularity=8)
                 read_port = mem.read_port()
+                slot = write.p.addr[:lg] if lg else 0
                 m.d.comb += [write_port.addr.eq(address), read_port.addr.eq(address),
-                             write_port.data.eq(write.p.data)]
+                             write_port.data.eq(write.p.data.replicate(ratio))]
                 for read, data in reversed(readers):
                     taken = read.valid & read.ready & (read.p.buffer == buffer)
                     with m.If(taken):
-                        m.d.comb += [address.eq(read.p.addr), read_port.en.eq(1)]
+                        m.d.comb += [address.eq(read.p.addr >> lg), read_port.en.eq(1)]
                     with m.If(read_buffers[read] == buffer):
-                        m.d.comb += data.eq(read_port.data)
+                        m.d.comb += data.eq(read_port.data.word_select(
+                            read_words[read][:lg], 8 * width) if lg else read_port.data)
                 with m.If(write.valid & (write.p.buffer == buffer)):
-                    m.d.comb += [address.eq(write.p.addr), write_port.en.eq(write.p.strobe)]
+                    m.d.comb += [address.eq(write.p.addr >> lg),
+                                 write_port.en.eq(write.p.strobe << (slot * width))]
         return m
