@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from ..config import AccelConfig
 from ..cycles import instruction_cycles
-from ..formats.instructions import QUEUE_DEPTH, ErrorCode, Opcode, Queue
+from ..formats.instructions import NEIGHBOUR, QUEUE_DEPTH, ErrorCode, Opcode, Queue
 from ..isa import DecodeError, Instruction, decode_one, split
 from .memory import Memory, Stop
 from .units import execute, expert_tokens
@@ -54,14 +54,8 @@ class RunResult:
 
 
 # Token counters, named (from queue, to queue): pushes of the producer, pops of the consumer.
-_PUSH = {(Queue.LOAD, "push_next"): (Queue.LOAD, Queue.COMPUTE),
-         (Queue.COMPUTE, "push_prev"): (Queue.COMPUTE, Queue.LOAD),
-         (Queue.COMPUTE, "push_next"): (Queue.COMPUTE, Queue.STORE),
-         (Queue.STORE, "push_prev"): (Queue.STORE, Queue.COMPUTE)}
-_POP = {(Queue.COMPUTE, "pop_prev"): (Queue.LOAD, Queue.COMPUTE),
-        (Queue.LOAD, "pop_next"): (Queue.COMPUTE, Queue.LOAD),
-        (Queue.STORE, "pop_prev"): (Queue.COMPUTE, Queue.STORE),
-        (Queue.COMPUTE, "pop_next"): (Queue.STORE, Queue.COMPUTE)}
+_PUSH = {(q, f"push_{side}"): (q, other) for (q, side), other in NEIGHBOUR.items()}
+_POP = {(q, f"pop_{side}"): (other, q) for (q, side), other in NEIGHBOUR.items()}
 
 
 class Emulator:
@@ -231,11 +225,10 @@ class Emulator:
 
     @staticmethod
     def _check_tokens(instruction: Instruction) -> None:
-        """A load queue has no previous queue, a store queue no next one."""
+        """A load queue has no previous queue, a store queue no next one (`NEIGHBOUR`)."""
         q = instruction.queue
-        if q is Queue.LOAD and (instruction.pop_prev or instruction.push_prev):
-            raise Stop(ErrorCode.BAD_FIELD, "the load queue has no previous queue to exchange "
-                                             "tokens with")
-        if q is Queue.STORE and (instruction.pop_next or instruction.push_next):
-            raise Stop(ErrorCode.BAD_FIELD, "the store queue has no next queue to exchange "
-                                             "tokens with")
+        for side, name in (("prev", "previous"), ("next", "next")):
+            if (q, side) not in NEIGHBOUR and (getattr(instruction, f"pop_{side}")
+                                               or getattr(instruction, f"push_{side}")):
+                raise Stop(ErrorCode.BAD_FIELD, f"the {q.name.lower()} queue has no {name} queue "
+                                                f"to exchange tokens with")

@@ -32,7 +32,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..formats import instructions
-from ..formats.instructions import QUEUE_DEPTH, ErrorCode, Opcode, Queue
+from ..formats.instructions import NEIGHBOUR, QUEUE_DEPTH, ErrorCode, Opcode, Queue
 from ..formats.registers import TOP_COUNTERS
 from .decode import Decoder
 from .fetch import fetched
@@ -58,11 +58,8 @@ def _unit_signature(config) -> wiring.Signature:
     })
 
 
-# (queue, its token bits): the counter each pop reads and each push feeds, by pair (from, to).
-_PAIRS = ((Queue.LOAD, Queue.COMPUTE), (Queue.COMPUTE, Queue.LOAD), (Queue.COMPUTE, Queue.STORE),
-          (Queue.STORE, Queue.COMPUTE))
-_NEIGHBOUR = {(Queue.LOAD, "next"): Queue.COMPUTE, (Queue.COMPUTE, "prev"): Queue.LOAD,
-              (Queue.COMPUTE, "next"): Queue.STORE, (Queue.STORE, "prev"): Queue.COMPUTE}
+# The token counters, by (from queue, to queue).
+_PAIRS = tuple((q, other) for (q, side), other in NEIGHBOUR.items())
 
 
 class Controller(wiring.Component):
@@ -181,7 +178,7 @@ class Controller(wiring.Component):
             waits = []
             bad_deps = 0
             for side in ("prev", "next"):
-                other = _NEIGHBOUR.get((q, side))
+                other = NEIGHBOUR.get((q, side))
                 pop, push = getattr(deps, f"pop_{side}"), getattr(deps, f"push_{side}")
                 if other is None:
                     bad_deps = bad_deps | pop | push
@@ -212,7 +209,7 @@ class Controller(wiring.Component):
             with m.Else():
                 m.d.comb += units[q].instruction.eq(running_word[q])
             for side in ("prev", "next"):
-                other = _NEIGHBOUR.get((q, side))
+                other = NEIGHBOUR.get((q, side))
                 if other is not None:
                     pops[other, q].append(launch & getattr(deps, f"pop_{side}"))
             # ending
@@ -225,7 +222,7 @@ class Controller(wiring.Component):
             faults.append((ending & failed, running_index[q], units[q].error))
             done_deps = running_word[q].deps
             for side in ("prev", "next"):
-                other = _NEIGHBOUR.get((q, side))
+                other = NEIGHBOUR.get((q, side))
                 if other is not None:
                     pushes[q, other].append(ending & ~failed & getattr(done_deps, f"push_{side}"))
             if q is Queue.COMPUTE:

@@ -98,10 +98,10 @@ class _RowReader:
 
 
 class _Unpacker:
-    """Bytes of a DRAM stream (bus words with strobes, from byte 0) cut into elements of ``size``
-    bytes: ``total`` bytes, the last element zero-padded."""
+    """Bytes of a DRAM stream (bus words with strobes, from byte 0) cut into elements of
+    ``2 ** shift`` bytes: ``total`` bytes, the last element zero-padded; ``left`` elements remain."""
 
-    def __init__(self, m, config, largest: int, words, start, total, size):
+    def __init__(self, m, config, largest: int, words, start, total, shift):
         bus = config.axi_data_bytes
         capacity = bus + largest
         held = Signal(8 * capacity)
@@ -112,8 +112,11 @@ class _Unpacker:
         self.o_data = Signal(8 * largest)
         self.o_ready = Signal()
         self.left = left
+        size = Signal(range(largest + 1))
+        m.d.comb += size.eq(Const(1, size.shape().width) << shift)
         with m.If(start):
-            m.d.sync += [count.eq(0), received.eq(0), held.eq(0)]
+            m.d.sync += [count.eq(0), received.eq(0), held.eq(0),
+                         left.eq((total + size - 1) >> shift)]
         given = Mux(count < size, count, size)
         m.d.comb += [
             self.o_valid.eq((left != 0) & ((count >= size) | ((received == total) & (count != 0)))),
@@ -136,7 +139,6 @@ class _Unpacker:
             m.d.sync += [held.eq(after_pop), count.eq(after_pop_count)]
         with m.If(popping):
             m.d.sync += left.eq(left - 1)
-        self.count, self.received = count, received
 
 
 class VectorPort(wiring.Component):
@@ -240,11 +242,8 @@ class VectorPort(wiring.Component):
         phase = Signal(range(4))              # 0 none, 1 eps, 2 weights / GATE / ROPE, 3 biases
         phase_start = Signal()
         total = Signal(32)
-        size = Signal(range(largest + 1))
-        unpack = _Unpacker(m, config, largest, reader.sram_write, phase_start, total, size)
-        with m.If(phase_start):
-            m.d.sync += unpack.left.eq((total + size - 1) >> Mux(size == 8, 3, Mux(
-                size == lanes, lane_bits, Mux(size == 2 * lanes, lane_bits + 1, lane_bits + 2))))
+        shift = Signal(range(_log2(largest) + 1))     # elements of 2 ** shift bytes
+        unpack = _Unpacker(m, config, largest, reader.sram_write, phase_start, total, shift)
         eps = Signal(64)
         element = Signal(16)                  # the element's index in its phase
         weights_mem = memory.Memory(shape=data.ArrayLayout(unsigned(16), lanes),
@@ -265,7 +264,8 @@ class VectorPort(wiring.Component):
         m.d.sync += [issue_phase.eq(0), phase_start.eq(0)]
 
         def begin(m, number, at, nbytes, element_bytes):
-            m.d.sync += [phase.eq(number), dram.eq(at), total.eq(nbytes), size.eq(element_bytes),
+            m.d.sync += [phase.eq(number), dram.eq(at), total.eq(nbytes),
+                         shift.eq(_log2(element_bytes)),
                          issue_phase.eq(1), phase_start.eq(1), element.eq(0)]
 
         with m.If(go):

@@ -24,7 +24,7 @@ from .records import Pair
 from .rules import Fields, check_rules, normalise
 from .vector import VectorOp
 
-__all__ = ["INSTRUCTION_BITS", "QUEUE_DEPTH", "INSTRUCTION_BYTES", "ADDRESS_BITS", "SRAM_ADDRESS_BITS", "Opcode",
+__all__ = ["INSTRUCTION_BITS", "QUEUE_DEPTH", "NEIGHBOUR", "INSTRUCTION_BYTES", "ADDRESS_BITS", "SRAM_ADDRESS_BITS", "Opcode",
            "Queue", "QUEUE_OF", "ErrorCode", "DEPS", "transfer_body", "linear_body", "route_body",
            "expert_loop_body", "attention_body", "vector_body", "DESCRIPTOR", "bodies",
            "body_name", "instruction_layout", "expert_loop_commands", "rules", "check",
@@ -62,6 +62,12 @@ QUEUE_OF = {
     Opcode.ATTENTION: Queue.COMPUTE, Opcode.VECTOR: Queue.COMPUTE, Opcode.SYNC: Queue.COMPUTE,
     Opcode.FINISH: Queue.COMPUTE,
 }
+
+
+# The queue each queue exchanges dependency tokens with on each side: load -> compute -> store. A
+# load queue has no previous queue, a store queue no next one.
+NEIGHBOUR = {(Queue.LOAD, "next"): Queue.COMPUTE, (Queue.COMPUTE, "prev"): Queue.LOAD,
+             (Queue.COMPUTE, "next"): Queue.STORE, (Queue.STORE, "prev"): Queue.COMPUTE}
 
 
 class ErrorCode(enum.Enum, shape=4):
