@@ -11,12 +11,12 @@ integer reference.
 Timing is the performance model's (`moeaccel.cycles.instruction_cycles`): each queue runs its
 instructions in order; an instruction starts when its queue is free and the tokens it pops have been
 pushed, so a load can overlap the compute before it exactly as far as the tokens allow. Measured,
-equal to the units' counts in RTL simulation: ATTENTION, ROUTE and a LINEAR whose weights stream
-from DRAM. Modelled, not yet calibrated against the accelerator top (``hw.top``, docs/top.md): VECTOR
-and LOAD/STORE, a set-up plus a word or beat a cycle. Modelled with no RTL behind them yet: a
-``preloaded`` LINEAR (the same formula with one cycle a weight word, as if WEIGHT fed the engine a
-word a cycle); EXPERT_LOOP, its experts' passes plus their descriptor and parameter transfers,
-less what ``prefetch`` overlaps.
+equal to the units' counts in RTL simulation (each unit on its own): ATTENTION, ROUTE and a LINEAR
+whose weights stream from DRAM. Modelled, not yet calibrated against the accelerator top
+(``hw.top``, docs/top.md, where these run with checks and transfers the model does not count):
+VECTOR and LOAD/STORE, a set-up plus a word or beat a cycle; a ``preloaded`` LINEAR (the same
+formula with one cycle a weight word); EXPERT_LOOP, its experts' passes plus their descriptor and
+parameter transfers, less what ``prefetch`` overlaps.
 """
 
 from __future__ import annotations
@@ -102,13 +102,10 @@ class Emulator:
                     break
         else:
             instructions = list(program)
-        result = self._run(instructions, schedule, seed)
-        if undecodable is not None and result.status in (ErrorCode.NO_FINISH, ErrorCode.DEADLOCK):
-            return RunResult(undecodable.code, undecodable.index, str(undecodable), result.cycles,
-                             result.executed, result.busy_cycles)
-        return result
+        return self._run(instructions, schedule, seed, undecodable)
 
-    def _run(self, instructions: list[Instruction], schedule: str, seed: int) -> RunResult:
+    def _run(self, instructions: list[Instruction], schedule: str, seed: int,
+             undecodable: DecodeError | None) -> RunResult:
         rng = random.Random(seed)
         queues = {q: [i for i, ins in enumerate(instructions) if ins.queue is q] for q in Queue}
         heads = {q: 0 for q in Queue}
@@ -166,6 +163,10 @@ class Emulator:
                     start = max(start, finish_time)      # after everything before it
                 ready.append((start, index, q))
             if not ready:
+                if undecodable is not None and fetch["next"] == len(instructions):
+                    # nothing else can run and fetch has reached the word that does not decode
+                    return RunResult(undecodable.code, undecodable.index, str(undecodable),
+                                     finish_time, executed, dict(busy))
                 if all(done):
                     return RunResult(ErrorCode.NO_FINISH, None, "the program ended without FINISH",
                                      finish_time, executed, dict(busy))

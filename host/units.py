@@ -64,7 +64,9 @@ def execute(config: AccelConfig, memory: Memory, opcode: Opcode, fields: dict) -
 def _linear(config: AccelConfig, memory: Memory, fields: dict) -> None:
     command = fields["command"]
     size = expert_ffn.weight_bytes(config, command)
-    if fields["preloaded"]:
+    if not size:                                        # a drain reads no weights
+        weights = b""
+    elif fields["preloaded"]:
         span = memory.span(Buffer.WEIGHT, fields["sram"], size, "preloaded weights")
         weights = bytes(memory.buffers[Buffer.WEIGHT][span])
     else:
@@ -152,9 +154,8 @@ def _pass(config: AccelConfig, memory: Memory, command: dict, weights: bytes, ro
         memory.put_rows(Buffer.OUT, _wrap32(total), out_stride, "accumulate", out_type,
                         index=unique)
     else:
-        wide = torch.zeros(tokens, row_bytes, dtype=torch.int64)
-        wide[:, :min(row_bytes, y.shape[1])] = y[:, :row_bytes]
-        memory.put_rows(dst, wide, row_bytes, "pass result")
+        # each row's channels, at the start of its row (the bytes after them keep their values)
+        memory.put_rows(dst, y[:, :row_bytes], row_bytes, "pass result")
 
 
 # -- the router and the expert loop --------------------------------------------------------------

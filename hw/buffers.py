@@ -13,6 +13,10 @@ Each memory has two sides, each one address a cycle (a true dual-port block RAM)
   ``unit_read_b`` while ``unit_read`` reads it (so two different buffers are read at once).
 
 Both sides may reach the same buffer at once: the program's tokens keep them on different bytes.
+
+The Expert-FFN engine reaches its memories directly (`DIRECT`), a memory word an access: it
+reads ACT0, ACT1, PARAMS, GATES and OUT and writes ACT0 and ACT1 on the unit side, and writes OUT on
+the DMA side, where its write comes first and holds the DMA's requests to OUT that cycle.
 """
 
 from amaranth.hdl import Module, Signal, unsigned
@@ -22,17 +26,49 @@ from amaranth.lib.wiring import In, Out
 from ..config import AccelConfig
 from ..formats.buffers import Buffer, buffer_bytes, out_row_bytes
 from ..formats.dma import sram_read_request, sram_word_bits, sram_write
+from ..formats.epilogue import CHANNEL_PARAMS
 
-__all__ = ["Buffers", "word_bytes"]
+__all__ = ["Buffers", "DIRECT", "direct_signatures", "word_bytes", "word_depth"]
+
+# The buffers with direct ports: the side of the read port and of the write port (None: none).
+DIRECT = {
+    Buffer.ACT0: ("unit", "unit"),
+    Buffer.ACT1: ("unit", "unit"),
+    Buffer.PARAMS: ("unit", None),
+    Buffer.GATES: ("unit", None),
+    Buffer.OUT: ("unit", "dma"),
+}
 
 
 def word_bytes(config) -> dict:
     """Each buffer's memory word: the activation buffers an activation word (the Expert-FFN
-    engine's), OUT a tile of int32 sums, the others a bus word; never narrower than the bus."""
+    engine's), OUT a tile of int32 sums, PARAMS a tile's parameter records, the others a bus
+    word; never narrower than the bus."""
     bus = config.axi_data_bytes
     wide = {Buffer.ACT0: config.act_word_bytes, Buffer.ACT1: config.act_word_bytes,
-            Buffer.OUT: out_row_bytes(config, config.mac_rows)}
+            Buffer.OUT: out_row_bytes(config, config.mac_rows),
+            Buffer.PARAMS: config.mac_rows * CHANNEL_PARAMS.size}
     return {buffer: max(bus, wide.get(buffer, bus)) for buffer in buffer_bytes(config)}
+
+
+def word_depth(config, buffer: Buffer) -> int:
+    """Words of a buffer's memory."""
+    return -(-buffer_bytes(config)[buffer] // word_bytes(config)[buffer])
+
+
+def direct_signatures(config) -> dict:
+    """The direct ports, as memory ports (the memory's side): ``<buffer>_read`` and
+    ``<buffer>_write``."""
+    ports = {}
+    words = word_bytes(config)
+    for buffer, (read, write) in DIRECT.items():
+        shape = dict(addr_width=max(0, (word_depth(config, buffer) - 1).bit_length()),
+                     shape=unsigned(8 * words[buffer]))
+        name = buffer.name.lower()
+        ports[f"{name}_read"] = memory.ReadPort.Signature(**shape)
+        if write is not None:
+            ports[f"{name}_write"] = memory.WritePort.Signature(**shape, granularity=8)
+    return ports
 
 
 class Buffers(wiring.Component):
@@ -45,6 +81,8 @@ class Buffers(wiring.Component):
         ``ready``
     store_read_data, unit_read_data, unit_read_b_data : the word a taken request asked for, the
         cycle after it
+    act0_read, act0_write, ..., out_write : the direct ports (`DIRECT`), memory ports of whole
+        memory words; a read's data is there the cycle after its ``en``
     """
 
     def __init__(self, config: AccelConfig):
@@ -60,6 +98,7 @@ class Buffers(wiring.Component):
             "unit_read_data": Out(config.axi_data_width),
             "unit_read_b": In(stream.Signature(sram_read_request(config))),
             "unit_read_b_data": Out(config.axi_data_width),
+            **{name: Out(signature) for name, signature in direct_signatures(config).items()},
         })
 
     def elaborate(self, platform):
@@ -70,13 +109,32 @@ class Buffers(wiring.Component):
         sides = ((self.load_write, [(self.store_read, self.store_read_data)], "dma"),
                  (self.unit_write, [(self.unit_read, self.unit_read_data),
                                     (self.unit_read_b, self.unit_read_b_data)], "unit"))
-        m.d.comb += self.load_write.ready.eq(1)
+        # a direct port's access this cycle, by side and buffer
+        direct = {"dma": {}, "unit": {}}
+        for buffer, sides_of in DIRECT.items():
+            name = buffer.name.lower()
+            for kind, side in zip(("read", "write"), sides_of):
+                if side is not None:
+                    port = getattr(self, f"{name}_{kind}")
+                    active = port.en if kind == "read" else port.en.any()
+                    direct[side][buffer] = direct[side].get(buffer, 0) | active
+
+        def direct_on(side, requested):
+            """A direct port reaches the requested buffer on this side this cycle."""
+            hit = 0
+            for buffer, active in direct[side].items():
+                hit = hit | ((requested == buffer) & active)
+            return hit
+
+        m.d.comb += self.load_write.ready.eq(~direct_on("dma", self.load_write.p.buffer))
         read_buffers = {}
         read_words = {}
         for write, readers, side in sides:
-            # a read is held while a write, or a reader before it, reaches the same buffer
+            # a read is held while a direct port, a write, or a reader before it reaches the same
+            # buffer
             for n, (read, _) in enumerate(readers):
-                busy = write.valid & (write.p.buffer == read.p.buffer)
+                busy = (direct_on(side, read.p.buffer)
+                        | (write.valid & (write.p.buffer == read.p.buffer)))
                 for earlier, _ in readers[:n]:
                     busy = busy | (earlier.valid & (earlier.p.buffer == read.p.buffer))
                 m.d.comb += read.ready.eq(~busy)
@@ -84,21 +142,24 @@ class Buffers(wiring.Component):
                 read_words[read] = Signal.like(read.p.addr, name=f"{side}_read{n}_word")
                 m.d.sync += [read_buffers[read].eq(read.p.buffer), read_words[read].eq(read.p.addr)]
         words = word_bytes(config)
-        for buffer, size in buffer_bytes(config).items():
+        for buffer in buffer_bytes(config):
             # a memory word holds `ratio` bus words: a bus word is a slice of it, by its strobes
             ratio = words[buffer] // width
             lg = (ratio - 1).bit_length()
+            name = buffer.name.lower()
             mem = memory.Memory(shape=unsigned(8 * words[buffer]),
-                                depth=-(-size // words[buffer]), init=[])
-            m.submodules[buffer.name.lower()] = mem
+                                depth=word_depth(config, buffer), init=[])
+            m.submodules[name] = mem
             for write, readers, side in sides:
-                # one address a cycle: the write's, or the read's that reaches this buffer
-                address = Signal(sram_word_bits(config) - lg,
-                                 name=f"{buffer.name.lower()}_{side}_addr")
+                # one address a cycle: a direct port's, the write's, or the read's that reaches
+                # this buffer (the last assignment wins)
+                address = Signal(sram_word_bits(config) - lg, name=f"{name}_{side}_addr")
                 write_port = mem.write_port(granularity=8)
                 read_port = mem.read_port()
                 slot = write.p.addr[:lg] if lg else 0
+                # a read port's `en` starts at 1: no read, and the word read last stays
                 m.d.comb += [write_port.addr.eq(address), read_port.addr.eq(address),
+                             read_port.en.eq(0),
                              write_port.data.eq(write.p.data.replicate(ratio))]
                 for read, data in reversed(readers):
                     taken = read.valid & read.ready & (read.p.buffer == buffer)
@@ -107,7 +168,21 @@ class Buffers(wiring.Component):
                     with m.If(read_buffers[read] == buffer):
                         m.d.comb += data.eq(read_port.data.word_select(
                             read_words[read][:lg], 8 * width) if lg else read_port.data)
-                with m.If(write.valid & (write.p.buffer == buffer)):
+                writing = write.valid & (write.p.buffer == buffer)
+                if side == "dma":
+                    writing = writing & write.ready
+                with m.If(writing):
                     m.d.comb += [address.eq(write.p.addr >> lg),
                                  write_port.en.eq(write.p.strobe << (slot * width))]
+                read_side, write_side = DIRECT.get(buffer, (None, None))
+                if read_side == side:
+                    port = getattr(self, f"{name}_read")
+                    m.d.comb += port.data.eq(read_port.data)
+                    with m.If(port.en):
+                        m.d.comb += [address.eq(port.addr), read_port.en.eq(1)]
+                if write_side == side:
+                    port = getattr(self, f"{name}_write")
+                    with m.If(port.en.any()):
+                        m.d.comb += [address.eq(port.addr), write_port.en.eq(port.en),
+                                     write_port.data.eq(port.data)]
         return m

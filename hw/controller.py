@@ -37,7 +37,7 @@ from ..formats.registers import TOP_COUNTERS
 from .decode import Decoder
 from .fetch import fetched
 
-__all__ = ["Controller", "queue_entry", "TOKEN_BITS"]
+__all__ = ["Controller", "queue_entry", "compute_port", "TOKEN_BITS"]
 
 TOKEN_BITS = 32                 # a token counter: more pushes than a program has instructions
 
@@ -56,6 +56,25 @@ def _unit_signature(config) -> wiring.Signature:
         "busy": In(1),
         "error": In(ErrorCode),
     })
+
+
+def compute_port(config, command, counters) -> dict:
+    """The members every compute unit's port on the top has (`hw.vector_port`,
+    `hw.ffn_port`): ``issue`` (one cycle) with its body ``command``, the DMA window, an AXI4
+    manager port of its own to DRAM, and ``busy``, ``error`` (valid as ``busy`` falls) and its
+    ``perf`` counters."""
+    from .axi import axi4_signature
+
+    return {
+        "issue": In(1),
+        "command": In(command),
+        "window_base": In(config.axi_addr_width),
+        "window_size": In(instructions.ADDRESS_BITS + 1),
+        "m_axi": Out(axi4_signature(config.axi_addr_width, config.axi_data_width)),
+        "busy": Out(1),
+        "error": Out(ErrorCode),
+        "perf": Out(counters),
+    }
 
 
 # The token counters, by (from queue, to queue).

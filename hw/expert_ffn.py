@@ -32,13 +32,42 @@ from .loops import Loop, LoopNest
 from .mac_array import MacArray
 from .weight_loader import WeightLoader
 
-__all__ = ["FFNEngine"]
+__all__ = ["FFNEngine", "memory_ports"]
+
+
+def _address_bits(depth: int) -> int:
+    return max(0, (depth - 1).bit_length())
+
+
+def memory_ports(config: AccelConfig) -> dict:
+    """The memories a shared engine reaches through ports (`FFNEngine(shared=True)`), as each
+    port's signature from the memory's side: the two activation buffers (a read and a byte-enabled
+    write port each), the epilogue parameters (a tile a word), the gate table and the output
+    accumulator (a tile of int32 sums a word, one read and one write port)."""
+    act = dict(addr_width=_address_bits(config.act_buffer_words),
+               shape=unsigned(8 * config.act_word_bytes))
+    out = dict(addr_width=_address_bits(config.out_buffer_words),
+               shape=data.ArrayLayout(signed(32), config.mac_rows))
+    return {
+        "act_read0": memory.ReadPort.Signature(**act),
+        "act_read1": memory.ReadPort.Signature(**act),
+        "act_write0": memory.WritePort.Signature(**act, granularity=8),
+        "act_write1": memory.WritePort.Signature(**act, granularity=8),
+        "params_read": memory.ReadPort.Signature(
+            addr_width=_address_bits(config.max_tiles),
+            shape=data.ArrayLayout(CHANNEL_PARAMS.onchip(config), config.mac_rows)),
+        "gates_read": memory.ReadPort.Signature(addr_width=_address_bits(config.max_tokens),
+                                                shape=TOKEN_GATE.onchip(config)),
+        "accumulator_read": memory.ReadPort.Signature(**out),
+        "accumulator_write": memory.WritePort.Signature(**out),
+    }
 
 class _Pass:
     """The signals more than one stage of the engine reads, declared before any stage is built."""
 
     def __init__(self, config: AccelConfig, tag_layout: data.StructLayout):
         self.command = Signal(ffn_command(config))    # the pass, held while busy
+        self.gather = Signal()          # the pass's rows are gathered (held while busy)
         self.start = Signal()           # a legal command is taken: every stage restarts
         self.issuing = Signal()         # words (or accumulator rows) remain to be issued
         # issue
@@ -80,33 +109,49 @@ class FFNEngine(wiring.Component):
         buffer)
     act_write, params_write, table_write, gates_write : fill the activation buffers, the
         per-channel epilogue parameters, the activation table and the gate table; accepted while
-        idle
+        idle (a shared engine has only ``table_write``)
+    act_read0 ... accumulator_write : a shared engine's memory ports (`memory_ports`), each read
+        answered the cycle after its ``en``
+    gather : with a command: the pass reads token i's activation row from the row the gate
+        table's entry i names (an expert's tokens, gathered), instead of row i
     busy : a pass is under way
     error : the last command was refused (`formats.expert_ffn.check`: a count of zero, more than
         the buffers hold, flags that do not go together)
     perf : `formats.expert_ffn.EXPERT_FFN_COUNTERS`, cleared when a pass starts
     """
 
-    def __init__(self, config: AccelConfig):
+    def __init__(self, config: AccelConfig, shared: bool = False):
+        """`shared`: the activation buffers, the parameters, the gate table and the accumulator
+        are outside the engine (the accelerator top's buffers), reached through the
+        `memory_ports`; otherwise the engine holds them and fills them from its write streams."""
         if not isinstance(config, AccelConfig):
             raise TypeError(f"FFNEngine needs an AccelConfig, not {config!r}")
         if config.mac_rows < 2:
             raise ValueError(f"{config.name}: the Expert-FFN engine needs mac_rows >= 2 (SwiGLU "
                              f"pairs gate and up channels in one tile), not {config.mac_rows}")
         self.config = config
+        self.shared = shared
         self.tag_layout = ffn_tag(config)
-        super().__init__({
+        ports = {
             "cmd": In(stream.Signature(ffn_command(config))),
             "weights": In(stream.Signature(unsigned(config.axi_data_width))),
             "o": Out(stream.Signature(ffn_out(config))),
-            "act_write": In(stream.Signature(act_write(config))),
-            "params_write": In(stream.Signature(params_write(config))),
             "table_write": In(stream.Signature(TABLE_WRITE)),
-            "gates_write": In(stream.Signature(gates_write(config))),
+            "gather": In(1),
             "busy": Out(1),
             "error": Out(1),
             "perf": Out(EXPERT_FFN_COUNTERS),
-        })
+        }
+        if shared:
+            ports.update({name: In(signature)
+                          for name, signature in memory_ports(config).items()})
+        else:
+            ports.update({
+                "act_write": In(stream.Signature(act_write(config))),
+                "params_write": In(stream.Signature(params_write(config))),
+                "gates_write": In(stream.Signature(gates_write(config))),
+            })
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -130,52 +175,61 @@ class FFNEngine(wiring.Component):
         return m
 
     def _memories(self, m) -> dict:
-        """The weight banks, the activation buffers, the epilogue parameters, the gate table and the
-        output accumulator; and the accumulator's ports, which drain and accumulate share."""
-        config, rows = self.config, self.config.mac_rows
-        memories = {"banks": [], "act_buffers": []}
+        """The weight banks, and the ports of the activation buffers, the epilogue parameters, the
+        gate table and the output accumulator: the engine's own memories', or (shared) its
+        `memory_ports`."""
+        config = self.config
+        banks = []
         for n in range(2):
             bank = memory.Memory(shape=unsigned(config.weight_word_bits),
                                  depth=config.weight_bank_words, init=[])
             m.submodules[f"weight_bank{n}"] = bank
-            memories["banks"].append(bank)
-        for n in range(2):
-            buffer = memory.Memory(shape=unsigned(config.act_word_bytes * 8),
-                                   depth=config.act_buffer_words, init=[])
-            m.submodules[f"act_buffer{n}"] = buffer
-            memories["act_buffers"].append(buffer)
-        m.submodules.params = memories["params"] = memory.Memory(
-            shape=data.ArrayLayout(CHANNEL_PARAMS.onchip(config), rows), depth=config.max_tiles,
-            init=[])
-        m.submodules.gates = memories["gates"] = memory.Memory(
-            shape=TOKEN_GATE.onchip(config), depth=config.max_tokens, init=[])
-        m.submodules.accumulator = accumulator = memory.Memory(
-            shape=data.ArrayLayout(signed(32), rows), depth=config.out_buffer_words, init=[])
-        accumulator_read = accumulator.read_port()
-        accumulator_write = accumulator.write_port()
-        memories.update(accumulator_read=accumulator_read, accumulator_write=accumulator_write)
-        return memories
+            banks.append(bank)
+        if self.shared:
+            ports = {name: getattr(self, name) for name in memory_ports(config)}
+        else:
+            ports = {}
+            for n in range(2):
+                buffer = memory.Memory(shape=unsigned(config.act_word_bytes * 8),
+                                       depth=config.act_buffer_words, init=[])
+                m.submodules[f"act_buffer{n}"] = buffer
+                ports[f"act_read{n}"] = buffer.read_port()
+                ports[f"act_write{n}"] = buffer.write_port(granularity=8)
+            rows = config.mac_rows
+            for name, shape, depth in (
+                    ("params", data.ArrayLayout(CHANNEL_PARAMS.onchip(config), rows),
+                     config.max_tiles),
+                    ("gates", TOKEN_GATE.onchip(config), config.max_tokens),
+                    ("accumulator", data.ArrayLayout(signed(32), rows), config.out_buffer_words)):
+                m.submodules[name] = mem = memory.Memory(shape=shape, depth=depth, init=[])
+                ports[f"{name}_read"] = mem.read_port()
+                ports[f"{name}_write"] = mem.write_port()
+        return {"banks": banks, **ports}
 
     def _load_while_idle(self, m, run: _Pass, memories: dict, epilogue: Epilogue) -> None:
-        """Commands, activations, parameters, the activation table and the gate table are taken
-        while idle."""
+        """Commands and the activation table are taken while idle; so are (unless shared)
+        activations, parameters and the gate table."""
         busy = self.busy
         m.d.comb += [
             self.cmd.ready.eq(~busy),
-            self.act_write.ready.eq(~busy),
-            self.params_write.ready.eq(~busy),
             self.table_write.ready.eq(~busy),
-            self.gates_write.ready.eq(~busy),
             epilogue.table_write.valid.eq(self.table_write.valid & ~busy),
             epilogue.table_write.p.eq(self.table_write.p),
         ]
-        params_port = memories["params"].write_port()
+        if self.shared:
+            return
+        m.d.comb += [
+            self.act_write.ready.eq(~busy),
+            self.params_write.ready.eq(~busy),
+            self.gates_write.ready.eq(~busy),
+        ]
+        params_port = memories["params_write"]
         m.d.comb += [
             params_port.addr.eq(self.params_write.p.tile),
             params_port.data.eq(self.params_write.p.params),
             params_port.en.eq(self.params_write.valid & ~busy),
         ]
-        gates_port = memories["gates"].write_port()
+        gates_port = memories["gates_write"]
         m.d.comb += [
             gates_port.addr.eq(self.gates_write.p.slot),
             gates_port.data.eq(self.gates_write.p.entry),
@@ -203,6 +257,7 @@ class FFNEngine(wiring.Component):
         been read."""
         config, command = self.config, run.command
         patterns, cols = config.patterns, config.mac_cols
+        gates_read = memories["gates_read"]
         tile = Signal(range(config.max_tiles))
         token = Signal(range(config.max_tokens))
         chunk = Signal(range(config.weight_bank_words))
@@ -226,11 +281,12 @@ class FFNEngine(wiring.Component):
         act_word = Signal(range(config.act_buffer_words))
         position = Signal(range(max_ratio))           # window offset, in units of mac_cols bytes
         m.d.comb += [
-            act_word.eq(token * command.src_row_words + (chunk >> word_shift[command.pattern])),
+            act_word.eq(Mux(run.gather, gates_read.data.token, token) * command.src_row_words
+                        + (chunk >> word_shift[command.pattern])),
             position.eq((chunk & (chunks_per_word[command.pattern] - 1)) * ratio[command.pattern]),
         ]
         bank_reads = [bank.read_port() for bank in memories["banks"]]
-        act_reads = [buffer.read_port() for buffer in memories["act_buffers"]]
+        act_reads = [memories["act_read0"], memories["act_read1"]]
         for port in bank_reads:
             m.d.comb += [port.addr.eq(chunk), port.en.eq(front_advance)]
         for port in act_reads:
@@ -251,6 +307,13 @@ class FFNEngine(wiring.Component):
                 front_tag.token.eq(token),
                 front_tag.tile.eq(tile),
                 front_tag.last.eq(words.done),
+            ]
+        # gathering, the gate table's entry for the next token is read as the token advances (and
+        # entry 0 as the pass starts): its row is there when the token's first word issues
+        with m.If(Mux(self.busy, run.gather, self.gather)):
+            m.d.comb += [
+                gates_read.addr.eq(Mux(run.start | words.last(token), 0, token + 1)),
+                gates_read.en.eq(run.start | (issue & words.wraps(chunk))),
             ]
         words.step(m, issue)
         with m.If(issue & words.wraps(token)):
@@ -314,7 +377,7 @@ class FFNEngine(wiring.Component):
         fetch_valid = Signal()
         fetch_sums = Signal.like(mac.o.p.sums)
         fetch_tag = Signal(self.tag_layout)
-        params_read = memories["params"].read_port()
+        params_read = memories["params_read"]
         incoming_tag = Signal(self.tag_layout)
         fetch_advance = run.fetch_advance
         m.d.comb += [
@@ -382,19 +445,22 @@ class FFNEngine(wiring.Component):
     def _accumulate(self, m, run: _Pass, memories: dict, epilogue: Epilogue) -> None:
         """An accumulating pass adds gate x row into its token's accumulator row: the gate entry is
         read as the row enters the SwiGLU stages, the accumulator row as it enters the second, and
-        the sum is written one cycle after it leaves. The accumulator's ports serve the drain
-        (read, then clear) during a drain pass."""
+        the sum is written one cycle after it leaves. A row may name the accumulator row of one of
+        the two before it, whose sums are not yet in the memory when it is read: those sums are
+        forwarded. The accumulator's ports serve the drain (read, then clear) during a drain
+        pass."""
         config, command, rows = self.config, run.command, self.config.mac_rows
         accumulator_read = memories["accumulator_read"]
         accumulator_write = memories["accumulator_write"]
-        gates_read = memories["gates"].read_port()
+        gates_read = memories["gates_read"]
         gate2 = Signal(nx.GATE_FRAC_BITS + 1)
         accumulate_address = Signal(range(config.out_buffer_words))
         accumulate_sums = Signal(data.ArrayLayout(signed(32), rows))
         read_address = Signal(range(config.out_buffer_words))
+        with m.If(~Mux(self.busy, run.gather, self.gather)):
+            m.d.comb += [gates_read.addr.eq(data.View(self.tag_layout, epilogue.o.p.tag).token),
+                         gates_read.en.eq(run.out_advance)]
         m.d.comb += [
-            gates_read.addr.eq(data.View(self.tag_layout, epilogue.o.p.tag).token),
-            gates_read.en.eq(run.out_advance),
             read_address.eq(gates_read.data.token * command.tiles + run.out_tag[0].tile),
             accumulator_read.addr.eq(Mux(command.drain, run.drain_address, read_address)),
             accumulator_read.en.eq(Mux(command.drain, run.drain_issue, run.out_advance)),
@@ -407,9 +473,21 @@ class FFNEngine(wiring.Component):
             run.accumulate_last.eq(run.out_tag[1].last),
             accumulate_address.eq(address2),
         ]
+        # the sums written this cycle and the cycle before are newer than the row read
+        written = Signal(name="accumulate_written")
+        written_address = Signal.like(accumulate_address)
+        written_sums = Signal.like(accumulate_sums)
+        m.d.sync += [written.eq(self.busy & run.accumulate_valid),
+                     written_address.eq(accumulate_address), written_sums.eq(accumulate_sums)]
+        base = Signal.like(accumulate_sums)
+        with m.If(run.accumulate_valid & (accumulate_address == address2)):
+            m.d.comb += base.eq(accumulate_sums)
+        with m.Elif(written & (written_address == address2)):
+            m.d.comb += base.eq(written_sums)
+        with m.Else():
+            m.d.comb += base.eq(accumulator_read.data)
         for lane in range(rows):
-            m.d.sync += accumulate_sums[lane].eq(accumulator_read.data[lane]
-                                                 + gate2 * run.plain[1][lane])
+            m.d.sync += accumulate_sums[lane].eq(base[lane] + gate2 * run.plain[1][lane])
         m.d.comb += [
             accumulator_write.addr.eq(Mux(command.drain, run.drain_address, accumulate_address)),
             accumulator_write.data.eq(Mux(command.drain, 0, accumulate_sums)),
@@ -432,9 +510,9 @@ class FFNEngine(wiring.Component):
         # The row, repeated across the word: the byte enables pick the copy at its offset.
         repeated = Mux(command.swiglu, Cat([run.hidden] * (word_bytes // half)),
                        Cat([run.plain[1]] * (word_bytes // rows)))
-        act_ports = [buffer.write_port(granularity=8) for buffer in memories["act_buffers"]]
+        act_ports = [memories["act_write0"], memories["act_write1"]]
         for n, port in enumerate(act_ports):
-            with m.If(self.busy):
+            with m.If(self.busy | Const(int(self.shared), 1)):
                 m.d.comb += [
                     port.addr.eq(out_tag.token * command.dst_row_words
                                  + (channel >> (word_bytes.bit_length() - 1))),
@@ -442,6 +520,8 @@ class FFNEngine(wiring.Component):
                 ]
                 with m.If(command.to_buffer & run.row_done & (command.src != n)):
                     m.d.comb += port.en.eq(row_mask << byte_offset)
+            if self.shared:
+                continue
             with m.Else():
                 m.d.comb += [
                     port.addr.eq(self.act_write.p.addr),
@@ -461,7 +541,8 @@ class FFNEngine(wiring.Component):
         with m.If(~busy & self.cmd.valid):
             m.d.sync += self.error.eq(illegal)
         with m.If(run.start):
-            m.d.sync += [busy.eq(1), command.eq(request), run.issuing.eq(1), self.perf.eq(0)]
+            m.d.sync += [busy.eq(1), command.eq(request), run.gather.eq(self.gather),
+                         run.issuing.eq(1), self.perf.eq(0)]
         with m.If(busy & Mux(command.accumulate, run.accumulate_valid & run.accumulate_last,
                              run.row_done & run.out_tag[1].last)):
             m.d.sync += busy.eq(0)

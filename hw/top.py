@@ -9,31 +9,35 @@ both reaching every on-chip buffer (`hw.buffers`). The three AXI managers share 
 through `hw.axi.AxiArbiter`. When the run ends, ``status`` and ``failed_instruction`` say how and
 where, and the interrupt rises if enabled.
 
-The compute queue runs NOP, SYNC, FINISH and VECTOR (`hw.vector_port.VectorPort`, the vector unit
-between the buffers and DRAM). The other compute units are not yet wired in: an instruction for
-one of them ends the run with ILLEGAL_OPCODE at its index.
+The compute queue runs NOP, SYNC, FINISH, LINEAR and EXPERT_LOOP (`hw.ffn_port.FFNPort`, the
+Expert-FFN engine on the buffers) and VECTOR (`hw.vector_port.VectorPort`, the vector unit between the
+buffers and DRAM). The other compute units are not yet wired in: an instruction for one of them
+ends the run with ILLEGAL_OPCODE at its index.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out, connect
+from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
+from ..formats.buffers import Buffer
 from ..formats.dma import DMA_COUNTERS
+from ..formats.expert_ffn import EXPERT_FFN_COUNTERS
 from ..formats.vector import VECTOR_COUNTERS
 from ..formats.instructions import ErrorCode, Opcode
 from ..formats.registers import TOP_COUNTERS
 from .axi import AxiArbiter, axi4_signature
-from .buffers import Buffers
+from .buffers import Buffers, direct_signatures
 from .controller import Controller
 from .dma import Dma
 from .fetch import Fetch
+from .ffn_port import FFNPort
 from .registers import ControlRegisters, axi4_lite_signature
 from .vector_port import VectorPort
 
 __all__ = ["Accelerator", "AXI_ID_BITS"]
 
-_MANAGERS = ("fetch", "load_dma", "store_dma", "vector")
+_MANAGERS = ("fetch", "load_dma", "store_dma", "vector", "ffn")
 AXI_ID_BITS = 1 + (len(_MANAGERS) - 1).bit_length()
 
 
@@ -68,11 +72,12 @@ class Accelerator(wiring.Component):
         m.submodules.store_dma = store_dma = Dma(config)
         m.submodules.buffers = buffers = Buffers(config)
         m.submodules.vector = vector = VectorPort(config)
+        m.submodules.ffn = ffn = FFNPort(config)
         m.submodules.arbiter = arbiter = AxiArbiter(len(_MANAGERS), config.axi_addr_width,
                                                     config.axi_data_width)
         wiring.connect(m, wiring.flipped(self.s_axil), regs.s_axil)
         wiring.connect(m, arbiter.m, wiring.flipped(self.m_axi))
-        for n, manager in enumerate((fetch, load_dma, store_dma, vector)):
+        for n, manager in enumerate((fetch, load_dma, store_dma, vector, ffn)):
             wiring.connect(m, manager.m_axi, getattr(arbiter, f"s{n}"))
 
         # -- registers and the controller
@@ -114,34 +119,56 @@ class Accelerator(wiring.Component):
         wiring.connect(m, store_dma.sram_read, buffers.store_read)
         m.d.comb += store_dma.sram_read_data.eq(buffers.store_read_data)
 
-        # -- the compute queue: NOP and SYNC end at once, VECTOR runs on its port; the other units
-        # are not wired in yet
+        # -- the compute queue: NOP and SYNC end at once; LINEAR, EXPERT_LOOP and VECTOR run on
+        # their ports; the other units are not wired in yet
         opcode = ctrl.compute.instruction.opcode
         active = Signal(Opcode)                           # the compute instruction under way
         with m.If(ctrl.compute.issue):
             m.d.sync += active.eq(opcode)
+        body = ctrl.compute.instruction.body
         m.d.comb += [
             vector.issue.eq(ctrl.compute.issue & (opcode == Opcode.VECTOR)),
-            vector.command.eq(ctrl.compute.instruction.body.vector),
-            vector.window_base.eq(regs.window_base.base),
-            vector.window_size.eq(regs.window_size.size),
+            vector.command.eq(body.vector),
+            ffn.issue.eq(ctrl.compute.issue & (opcode == Opcode.LINEAR)),
+            ffn.command.eq(body.linear),
+            ffn.loop_issue.eq(ctrl.compute.issue & (opcode == Opcode.EXPERT_LOOP)),
+            ffn.loop_command.eq(body.expert_loop),
+            ffn.table_written.eq(buffers.load_write.valid & buffers.load_write.ready
+                                 & (buffers.load_write.p.buffer == Buffer.TABLE)),
         ]
-        wiring.connect(m, vector.read, buffers.unit_read)
-        wiring.connect(m, vector.read_b, buffers.unit_read_b)
-        wiring.connect(m, vector.write, buffers.unit_write)
+        for port in (vector, ffn):
+            m.d.comb += [port.window_base.eq(regs.window_base.base),
+                         port.window_size.eq(regs.window_size.size)]
+        # the unit side: the vector unit's readers and writer, or, while LINEAR or EXPERT_LOOP
+        # runs, the first reader and the writer are the FFN port's; the direct ports are the
+        # Expert-FFN engine's
+        on_ffn = (active == Opcode.LINEAR) | (active == Opcode.EXPERT_LOOP)
+        with m.If(on_ffn):
+            wiring.connect(m, ffn.read, buffers.unit_read)
+            wiring.connect(m, ffn.write, buffers.unit_write)
+        with m.Else():
+            wiring.connect(m, vector.read, buffers.unit_read)
+            wiring.connect(m, vector.write, buffers.unit_write)
         m.d.comb += [vector.read_data.eq(buffers.unit_read_data),
+                     ffn.read_data.eq(buffers.unit_read_data),
                      vector.read_b_data.eq(buffers.unit_read_b_data)]
+        wiring.connect(m, vector.read_b, buffers.unit_read_b)
+        for name in direct_signatures(config):
+            wiring.connect(m, getattr(ffn, name), getattr(buffers, name))
         with m.Switch(active):
             with m.Case(Opcode.NOP, Opcode.SYNC):
                 m.d.comb += [ctrl.compute.busy.eq(0), ctrl.compute.error.eq(ErrorCode.NONE)]
             with m.Case(Opcode.VECTOR):
                 m.d.comb += [ctrl.compute.busy.eq(vector.busy),
                              ctrl.compute.error.eq(vector.error)]
+            with m.Case(Opcode.LINEAR, Opcode.EXPERT_LOOP):
+                m.d.comb += [ctrl.compute.busy.eq(ffn.busy), ctrl.compute.error.eq(ffn.error)]
             with m.Default():
                 m.d.comb += [ctrl.compute.busy.eq(0),
                              ctrl.compute.error.eq(ErrorCode.ILLEGAL_OPCODE)]
 
         # -- counters: the controller's, and each DMA engine's summed over the run's transfers
+        m.d.comb += [ctrl.expert_run.eq(ffn.expert_run), ctrl.expert_skipped.eq(ffn.expert_skipped)]
         for field in TOP_COUNTERS.members:
             m.d.comb += getattr(regs, f"top_{field}").value.eq(ctrl.perf[field])
         # a unit's counters are cleared as it takes a command: the registers hold their sums over
@@ -149,7 +176,8 @@ class Accelerator(wiring.Component):
         for name, layout, perf, busy in (
                 ("load_dma", DMA_COUNTERS, load_dma.perf, load_dma.busy),
                 ("store_dma", DMA_COUNTERS, store_dma.perf, store_dma.busy),
-                ("vector", VECTOR_COUNTERS, vector.perf, vector.busy)):
+                ("vector", VECTOR_COUNTERS, vector.perf, vector.busy),
+                ("expert_ffn", EXPERT_FFN_COUNTERS, ffn.perf, ffn.busy)):
             total = Signal(layout, name=f"{name}_total")
             was_busy = Signal(name=f"{name}_was_busy")
             m.d.sync += was_busy.eq(busy)

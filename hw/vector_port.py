@@ -29,7 +29,7 @@ from ..formats.dma import sram_read_request, sram_write
 from ..formats.instructions import ADDRESS_BITS, ErrorCode
 from ..formats.router import TOKEN_GATE
 from ..formats.vector import VECTOR_COUNTERS, VectorOp, operand_bytes, vector_command
-from .axi import axi4_signature
+from .controller import compute_port
 from .dma import Dma
 from .vector import VectorUnit
 
@@ -166,19 +166,12 @@ class VectorPort(wiring.Component):
                              f"values must fit a bus word of {config.axi_data_bytes} bytes")
         self.config = config
         super().__init__({
-            "issue": In(1),
-            "command": In(vector_command(config)),
-            "window_base": In(config.axi_addr_width),
-            "window_size": In(ADDRESS_BITS + 1),
-            "m_axi": Out(axi4_signature(config.axi_addr_width, config.axi_data_width)),
+            **compute_port(config, vector_command(config), VECTOR_COUNTERS),
             "read": Out(stream.Signature(sram_read_request(config))),
             "read_data": In(config.axi_data_width),
             "read_b": Out(stream.Signature(sram_read_request(config))),
             "read_b_data": In(config.axi_data_width),
             "write": Out(stream.Signature(sram_write(config), always_ready=True)),
-            "busy": Out(1),
-            "error": Out(ErrorCode),
-            "perf": Out(VECTOR_COUNTERS),
         })
 
     def elaborate(self, platform):

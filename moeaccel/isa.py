@@ -385,7 +385,9 @@ def markdown(config: AccelConfig) -> str:
             "free and the tokens it pops have been pushed; SYNC and FINISH start when every "
             "instruction before them has ended. An instruction that does not decode "
             "(ILLEGAL_OPCODE, or a field no member of its enum has: BAD_FIELD) stops fetch; what "
-            "came before runs, and its error is raised when nothing else can. Any other fault "
+            "came before runs, and its error is raised when nothing else can and every "
+            "instruction before it has been dispatched (otherwise the run ends with DEADLOCK: "
+            "fetch never reached it). Any other fault "
             "stops the run at the instruction that raised it: nothing starts after it, what had "
             "started ends. With the serialise mode every instruction is dispatched only after "
             "the one before it has ended.", ""]

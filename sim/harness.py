@@ -9,11 +9,13 @@ Environment variable read inside the simulator:
 """
 
 import fcntl
+import functools
 import re
 import json
 import os
 import random
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,14 +94,30 @@ def clocked_top(verilog_text: str, toplevel: str, period_ns: int) -> tuple[str, 
     return name, "\n".join(lines)
 
 
+_PARAMS_INLINE = 64 * 1024     # longer parameters go through a file (an environment string
+                                # is limited to 128 KiB)
+
+
 def encode_params(params: dict) -> dict[str, str]:
-    """Return the environment entry that hands JSON-able `params` to the cocotb test."""
-    return {PARAMS_ENV: json.dumps(params, sort_keys=True)}
+    """Return the environment entry that hands JSON-able `params` to the cocotb test: the JSON
+    itself, or, when long, ``@`` and the path of a temporary file holding it."""
+    text = json.dumps(params, sort_keys=True)
+    if len(text) <= _PARAMS_INLINE:
+        return {PARAMS_ENV: text}
+    handle, path = tempfile.mkstemp(prefix="moeaccel-tb-", suffix=".json")
+    with os.fdopen(handle, "w") as file:
+        file.write(text)
+    return {PARAMS_ENV: "@" + path}
 
 
+@functools.cache
 def tb_params() -> dict:
     """Return the parameters passed by run_cocotb (call inside the cocotb test)."""
-    return json.loads(os.environ.get(PARAMS_ENV, "{}"))
+    text = os.environ.get(PARAMS_ENV, "{}")
+    if text.startswith("@"):
+        with open(text[1:]) as file:
+            text = file.read()
+    return json.loads(text)
 
 
 async def start_clock(dut, period_ns: int = 10):
@@ -246,6 +264,9 @@ def run_cocotb(
                 problem = f"runner exit status {exc.code}"
             except RuntimeError as exc:  # the simulator exited with a non-zero status
                 problem = str(exc)
+            finally:
+                if env.get(PARAMS_ENV, "").startswith("@"):
+                    Path(env[PARAMS_ENV][1:]).unlink(missing_ok=True)
         if waves:
             print(f"waveform: {build_dir / WAVES_FILE}", file=sys.stderr)
         if problem and timeout_s is not None and time.monotonic() - start >= timeout_s:

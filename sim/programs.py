@@ -13,7 +13,11 @@ from .. import isa
 from ..formats.buffers import Buffer, buffer_bytes
 from ..formats.instructions import Opcode, bodies
 
-__all__ = ["random_fields", "random_instruction", "random_program", "random_pipeline"]
+__all__ = ["random_fields", "random_instruction", "random_program", "random_pipeline",
+           "random_linear", "random_expert_loop", "EXPERT_LOOP_FAULTS", "LINEAR_WINDOW"]
+
+LINEAR_WINDOW = 1 << 15         # a `random_linear` or `random_expert_loop` program's window: its
+                                # data, then its results
 
 
 def random_fields(rng: random.Random, layout, window: int) -> dict:
@@ -135,3 +139,294 @@ def random_pipeline(rng: random.Random, config, window: int, stages: int) -> byt
         else:
             program.add(Opcode.SYNC if kind == "sync" else Opcode.NOP, **fields)
     return program.finish().encode()
+
+
+def _channel_params(rng, nrng, config, channels: int, inputs: int, pattern, drain: bool,
+                    refused: bool):
+    """`CHANNEL_PARAMS` records whose requantisations bring a pass's sums back into int8 mostly
+    unsaturated: a sum of `kept` products of int8 values spreads about sqrt(kept) x 74 x 74 (a
+    drain's sums, loaded at random, about 2 ** 20); `refused`: one record the hardware refuses."""
+    import numpy as np
+
+    from ..formats import records
+    from ..formats.epilogue import CHANNEL_PARAMS
+    from ..formats.numbers import MULT_BITS
+
+    kept = inputs * pattern.n // pattern.m
+    spread = (1 << 20) if drain else max(1, kept) ** 0.5 * 74 * 74
+    params = records.zeros(CHANNEL_PARAMS.dram, channels)
+    params["bias"] = nrng.integers(-int(spread), int(spread) + 1, channels)
+    params["multiplier"] = nrng.integers(1 << 13, 1 << MULT_BITS, channels)
+    scale = int(np.log2(spread * (1 << 14) / 40))
+    params["shift"] = nrng.integers(scale - 1, scale + 2, channels)
+    if refused:
+        field, value = rng.choice([("multiplier", 1 << MULT_BITS), ("shift", 200)])
+        params[rng.randrange(channels)][field] = value
+    return params
+
+
+class _Data:
+    """A program's data laid out from DRAM byte 0, each piece on 64 bytes, below `end`."""
+
+    def __init__(self, end: int):
+        self.end, self.free, self.patches, self.at = end, 0, [], {}
+
+    def put(self, name: str, blob: bytes) -> int:
+        self.at[name] = self.free
+        self.free = -(-(self.free + len(blob)) // 64) * 64
+        assert self.free <= self.end, f"a program's data past {self.end} bytes"
+        self.patches.append((self.at[name], bytes(blob).hex()))
+        return self.at[name]
+
+
+def random_linear(rng: random.Random, config, window: int, bad: float = 0.1,
+                  fault: str | None = None, size: int = 1) -> tuple[bytes, list]:
+    """A LINEAR program with its data: a pass of random shape at a random built pattern (plain,
+    SwiGLU or with the activation table into the other activation buffer, accumulating gate x row
+    into OUT, or draining OUT), its weights pruned and packed (`sw.sparsity.pack`), streamed or
+    preloaded into WEIGHT, its PARAMS records, table and gate table valid (the gate table often
+    naming a row twice in a row), and its inputs random; with probability `bad` (or always, when
+    `fault` names one: "params", "gates", "window") one of them is not: a parameter or a gate-table
+    token the hardware refuses, weights past the window. `size` scales the largest shape (tokens,
+    inputs, outputs). Returns the program and the DRAM patches ``(address, hex bytes)`` that hold
+    its data; the results are stored from ``window // 2`` on."""
+    import numpy as np
+    import torch
+
+    from ..formats import expert_ffn, records
+    from ..formats.buffers import out_row_bytes
+    from ..formats.numbers import GATE_FRAC_BITS, MULT_BITS
+    from ..formats.router import TOKEN_GATE
+    from ..sw.sparsity import pack, prune
+
+    nrng = np.random.default_rng(rng.randrange(1 << 30))
+    pattern = rng.choice(config.patterns)
+    if fault is None and rng.random() < bad:
+        fault = rng.choice(["params", "gates", "window"])
+    modes = ["accumulate"] if fault == "gates" else ["plain", "swiglu", "accumulate", "drain"]
+    mode = rng.choice(modes)
+    if fault == "window" and mode == "drain":
+        mode = "plain"
+    swiglu = mode == "swiglu"
+    tokens = rng.randint(1, min(6 * size, config.max_tokens))
+    per_tile = expert_ffn.tile_channels(config, swiglu)
+    inputs = rng.randint(1, 3 * size * expert_ffn.chunk_inputs(config, pattern))
+    outputs = rng.randint(1, 3 * size * per_tile)
+    src = rng.randrange(2)
+    command = expert_ffn.pass_command(
+        config, tokens, inputs, outputs, pattern, swiglu=swiglu,
+        activation=mode != "drain" and rng.random() < 0.5, src=src,
+        to_buffer=mode in ("plain", "swiglu", "drain"), accumulate=mode == "accumulate",
+        drain=mode == "drain", swiglu_multiplier=rng.randrange(1 << 13, 1 << MULT_BITS),
+        swiglu_shift=rng.randint(18, 21))          # int8 x int8 products back to int8
+    tiles, channels = command["tiles"], command["tiles"] * config.mac_rows
+    half = window // 2
+    image = _Data(half)
+    at, patch, patches = image.at, image.put, image.patches
+
+    src_buffer, dst_buffer = (Buffer.ACT1, Buffer.ACT0) if src else (Buffer.ACT0, Buffer.ACT1)
+    src_row = command["src_row_words"] * config.act_word_bytes
+    dst_row = command["dst_row_words"] * config.act_word_bytes
+    program = isa.Program(config)
+    loads = []
+    if mode != "drain":
+        patch("x", nrng.integers(-128, 128, tokens * inputs, dtype=np.int8).tobytes())
+        loads.append(dict(buffer=src_buffer, dram=at["x"], rows=tokens, row_bytes=inputs,
+                          dram_stride=inputs, sram_stride=src_row))
+        weight = prune(torch.from_numpy(nrng.integers(-128, 128, (channels, inputs))), pattern)
+        words = pack(weight, pattern, config).data
+        patch("w", words)
+    params = _channel_params(rng, nrng, config, channels, inputs, pattern, mode == "drain",
+                             fault == "params")
+    patch("p", params.tobytes())
+    loads.append(dict(buffer=Buffer.PARAMS, dram=at["p"], row_bytes=len(params.tobytes())))
+    if command["activation"]:
+        patch("t", nrng.integers(-128, 128, 256, dtype=np.int8).tobytes())
+        loads.append(dict(buffer=Buffer.TABLE, dram=at["t"], row_bytes=256))
+    out_rows = tokens
+    if mode == "accumulate":
+        gates = records.zeros(TOKEN_GATE.dram, tokens)
+        out_rows = rng.randint(1, 2 * tokens)
+        rows = nrng.integers(0, out_rows, tokens)
+        for n in range(1, tokens):                   # rows named twice in a row
+            if rng.random() < 0.3:
+                rows[n] = rows[n - 1]
+        gates["token"] = rows
+        gates["gate"] = nrng.integers(0, (1 << GATE_FRAC_BITS) + 1, tokens)
+        if fault == "gates":
+            gates[rng.randrange(tokens)]["token"] = rng.choice(
+                [config.max_tokens, config.out_buffer_words // tiles])
+        patch("g", gates.tobytes())
+        loads.append(dict(buffer=Buffer.GATES, dram=at["g"], row_bytes=len(gates.tobytes())))
+    out_stride = out_row_bytes(config, channels)
+    if mode in ("accumulate", "drain"):
+        patch("o", nrng.integers(-(1 << 20), 1 << 20, out_rows * channels,
+                                 dtype=np.int32).tobytes())
+        loads.append(dict(buffer=Buffer.OUT, dram=at["o"], rows=out_rows,
+                          row_bytes=4 * channels, dram_stride=4 * channels,
+                          sram_stride=out_stride))
+    preloaded = mode != "drain" and fault != "window" and rng.random() < 0.4
+    sram = 0
+    if preloaded:
+        bus = config.axi_data_bytes
+        sram = bus * rng.randrange((buffer_bytes(config)[Buffer.WEIGHT] - len(words)) // bus + 1)
+        loads.append(dict(buffer=Buffer.WEIGHT, dram=at["w"], row_bytes=len(words), sram=sram))
+    for n, load in enumerate(loads):
+        program.load(**load, push_next=n == len(loads) - 1)
+    weights = window - 8 if fault == "window" else at.get("w", 0)
+    program.linear(command, weights=weights, preloaded=preloaded, sram=sram, pop_prev=True,
+                   push_next=True)
+    if mode == "accumulate":
+        program.store(Buffer.OUT, dram=half, rows=out_rows, row_bytes=4 * channels,
+                      dram_stride=4 * channels, sram_stride=out_stride, pop_prev=True)
+    else:
+        program.store(dst_buffer, dram=half, rows=tokens, row_bytes=dst_row,
+                      dram_stride=dst_row, sram_stride=dst_row, pop_prev=True,
+                      push_prev=mode == "drain")
+        if mode == "drain":
+            program.store(Buffer.OUT, dram=half + 4096, rows=out_rows, row_bytes=4 * channels,
+                          dram_stride=4 * channels, sram_stride=out_stride)
+    return program.finish().encode(), patches
+
+
+EXPERT_LOOP_FAULTS = ("count", "token", "descriptors", "descriptor", "table", "weights",
+                      "params", "gather")
+
+
+def random_expert_loop(rng: random.Random, config, window: int, bad: float = 0.1,
+                       fault: str | None = None, size: int = 1) -> tuple[bytes, list]:
+    """An EXPERT_LOOP program with its data: 1 .. 5 experts (some without tokens) at a random built
+    pattern, SwiGLU or with their activation tables, each with random distinct tokens and gates in
+    DISPATCH (loaded from DRAM), its descriptor, packed weights, parameters and table in DRAM; the
+    tokens' rows in ACT0 and random sums in OUT. With probability `bad` (or always, when `fault`
+    names one of `EXPERT_LOOP_FAULTS`) one thing is refused: a count past the queue's capacity, a
+    queued token past ``max_tokens``, the descriptors or an expert's table or weights past the
+    window, a descriptor value past its on-chip field, a parameter record, a gathered row past
+    ACT0. `size` scales the shapes. Results (OUT's rows, then ACT1's) are stored from
+    ``window // 2`` on. Returns the program and its DRAM patches."""
+    import numpy as np
+    import torch
+
+    from ..formats import instructions, records
+    from ..formats.buffers import act_row_bytes, out_row_bytes
+    from ..formats.epilogue import ACTIVATION_TABLE
+    from ..formats.instructions import DESCRIPTOR
+    from ..formats.numbers import GATE_FRAC_BITS, MULT_BITS
+    from ..formats.router import TOKEN_GATE, dispatch_table
+    from ..sw.sparsity import pack, prune
+
+    nrng = np.random.default_rng(rng.randrange(1 << 30))
+    if fault is None and rng.random() < bad:
+        fault = rng.choice(EXPERT_LOOP_FAULTS)
+    pattern = rng.choice(config.patterns)
+    swiglu = rng.random() < 0.5
+    experts = rng.randint(1, 5)
+    tokens = rng.randint(1, min(6 * size, config.max_tokens, config.dispatch_capacity))
+    d_model = rng.randint(1, 2 * size * expert_ffn_chunk(config, pattern))
+    if fault == "gather":
+        # rows so wide that the row of token max_tokens - 1 lies past ACT0's end (where the
+        # configuration allows rows that wide; otherwise a token past max_tokens instead)
+        wide = (config.act_buffer_words // config.max_tokens + 1) * config.act_word_bytes
+        if wide <= config.max_d_model:
+            d_model = wide
+        else:
+            fault = "token"
+    d_ff = rng.randint(1, 2 * size * config.mac_rows)
+    body = {"experts": experts, "d_model": d_model, "d_ff": d_ff,
+            "pattern": config.patterns.index(pattern), "swiglu": int(swiglu),
+            "prefetch": rng.randrange(2)}
+    half = window // 2
+    image = _Data(half)
+    table_layout = dispatch_table(config)
+    counts_at = table_layout["counts"].offset // 8
+    queues_at = table_layout["queues"].offset // 8
+    queue_bytes = config.dispatch_capacity * TOKEN_GATE.size
+
+    counts = records.zeros(table_layout["counts"].shape.elem_shape, experts)
+    queues = []
+    for expert in range(experts):
+        count = rng.randint(0, tokens) if rng.random() < 0.8 else 0
+        entries = records.zeros(TOKEN_GATE.dram, count)
+        entries["token"] = nrng.permutation(tokens)[:count]
+        entries["gate"] = nrng.integers(0, (1 << GATE_FRAC_BITS) + 1, count)
+        counts[expert]["count"] = count
+        queues.append(entries)
+    active = [e for e in range(experts) if counts[e]["count"]]
+    if fault is not None and not active:
+        counts[0]["count"] = 1
+        queues[0] = records.zeros(TOKEN_GATE.dram, 1)
+        active = [0]
+    victim = rng.choice(active) if active else 0
+    victim_pass = rng.choice(["first", "down"])
+    if fault == "count":
+        counts[victim]["count"] = config.dispatch_capacity + 1
+    if fault == "token":
+        queues[victim][rng.randrange(len(queues[victim]))]["token"] = config.max_tokens
+    if fault == "gather":
+        queues[victim][0]["token"] = config.max_tokens - 1
+    descriptors = records.zeros(DESCRIPTOR.dram, experts)
+    for expert in range(experts):
+        count = max(1, len(queues[expert]))
+        first, down = instructions.expert_loop_commands(
+            config, body, count, rng.randrange(1 << 13, 1 << MULT_BITS), rng.randint(18, 21))
+        fields = {}
+        for name, command, inputs in (("first", first, d_model), ("down", down, d_ff)):
+            channels = command["tiles"] * config.mac_rows
+            weight = prune(torch.from_numpy(nrng.integers(-128, 128, (channels, inputs))), pattern)
+            fields[name] = image.put(f"{expert}.{name}", pack(weight, pattern, config).data)
+            params = _channel_params(rng, nrng, config, channels, inputs, pattern, False,
+                                     fault == "params" and expert == victim
+                                     and name == victim_pass)
+            fields[f"{name}_params"] = image.put(f"{expert}.{name}_params", params.tobytes())
+        fields["table"] = image.put(f"{expert}.table", nrng.integers(
+            -128, 128, ACTIVATION_TABLE.size // 8, dtype=np.int8).tobytes())
+        fields["swiglu_multiplier"] = first["swiglu_multiplier"]
+        fields["swiglu_shift"] = first["swiglu_shift"]
+        for name, value in fields.items():
+            descriptors[expert][name] = value
+    if fault == "descriptor":
+        descriptors[victim]["swiglu_shift"] = 100
+    if fault == "table":
+        descriptors[victim]["table"] = window - 100
+    if fault == "weights":
+        descriptors[victim][victim_pass] = window - 8
+    table = image.put("descriptors", descriptors.tobytes())
+    if fault == "descriptors":
+        table = window - DESCRIPTOR.size // 2        # every descriptor past the window's end
+    x = image.put("x", nrng.integers(-128, 128, tokens * d_model, dtype=np.int8).tobytes())
+    down_channels = instructions.expert_loop_commands(config, body, 1)[1]["tiles"] * \
+        config.mac_rows
+    out_rows = tokens
+    out_row = out_row_bytes(config, down_channels)
+    out = image.put("out", nrng.integers(-(1 << 20), 1 << 20, out_rows * down_channels,
+                                         dtype=np.int32).tobytes())
+    counts_dram = image.put("counts", counts.tobytes())
+    queue_dram = {e: image.put(f"queue{e}", queues[e].tobytes()) for e in range(experts)
+                  if len(queues[e])}
+
+    loads = [dict(buffer=Buffer.ACT0, dram=x, rows=tokens, row_bytes=d_model,
+                  dram_stride=d_model, sram_stride=act_row_bytes(config, d_model)),
+             dict(buffer=Buffer.OUT, dram=out, rows=out_rows, row_bytes=4 * down_channels,
+                  dram_stride=4 * down_channels, sram_stride=out_row),
+             dict(buffer=Buffer.DISPATCH, dram=counts_dram, row_bytes=len(counts.tobytes()),
+                  sram=counts_at)]
+    loads += [dict(buffer=Buffer.DISPATCH, dram=at, row_bytes=len(queues[expert].tobytes()),
+                   sram=queues_at + expert * queue_bytes) for expert, at in queue_dram.items()]
+    program = isa.Program(config)
+    for n, load in enumerate(loads):
+        program.load(**load, push_next=n == len(loads) - 1)
+    program.expert_loop(**body, table=table, pop_prev=True, push_next=True)
+    program.store(Buffer.OUT, dram=half, rows=out_rows, row_bytes=4 * down_channels,
+                  dram_stride=4 * down_channels, sram_stride=out_row, pop_prev=True)
+    first_row = instructions.expert_loop_commands(config, body, 1)[0]["dst_row_words"] * \
+        config.act_word_bytes
+    program.store(Buffer.ACT1, dram=half + out_rows * 4 * down_channels, rows=tokens,
+                  row_bytes=first_row, dram_stride=first_row, sram_stride=first_row)
+    return program.finish().encode(), image.patches
+
+
+def expert_ffn_chunk(config, pattern) -> int:
+    """Input elements one weight word covers at `pattern`."""
+    from ..formats.expert_ffn import chunk_inputs
+
+    return chunk_inputs(config, pattern)

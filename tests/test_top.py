@@ -163,6 +163,54 @@ def vector_cases(config) -> list[dict]:
     return cases
 
 
+def linear_cases(config) -> list[dict]:
+    """LINEAR programs with their data (`sim.programs.random_linear`): each refusal once, then
+    larger passes than the random ones."""
+    import random
+
+    from moeaccel.sim.programs import LINEAR_WINDOW, random_linear
+
+    cases = []
+    for n, (name, fault, size) in enumerate([
+            ("LINEAR with a PARAMS record refused", "params", 1),
+            ("LINEAR with a gate-table token refused", "gates", 1),
+            ("LINEAR with weights past the window", "window", 1),
+            ("a larger LINEAR", None, 4), ("another larger LINEAR", None, 4)]):
+        window = LINEAR_WINDOW * size
+        blob, patches = random_linear(random.Random(100 + n), config, window, bad=0,
+                                      fault=fault, size=size)
+        cases.append(_case(name, blob, window=window, patches=patches))
+    return cases
+
+
+EXPERT_LOOP_CODES = {"count": "BAD_FIELD", "token": "BAD_FIELD", "descriptors": "DMA_WINDOW",
+                     "descriptor": "BAD_FIELD", "table": "DMA_WINDOW", "weights": "DMA_WINDOW",
+                     "params": "BAD_FIELD", "gather": "BAD_FIELD"}
+
+
+def expert_loop_cases(config) -> list[dict]:
+    """EXPERT_LOOP programs with their data (`sim.programs.random_expert_loop`): each refusal once,
+    then larger loops than the random ones."""
+    import random
+
+    from moeaccel.sim.programs import EXPERT_LOOP_FAULTS, LINEAR_WINDOW, random_expert_loop
+
+    assert set(EXPERT_LOOP_FAULTS) == set(EXPERT_LOOP_CODES)
+    cases = []
+    for n, (fault, size) in enumerate([(fault, 1) for fault in EXPERT_LOOP_FAULTS]
+                                      + [(None, 3), (None, 3)]):
+        for window in (LINEAR_WINDOW << k for k in range(5)):      # the first that holds it
+            try:
+                blob, patches = random_expert_loop(random.Random(200 + n), config, window, bad=0,
+                                                   fault=fault, size=size)
+                break
+            except AssertionError:
+                continue
+        name = f"EXPERT_LOOP refusing: {fault}" if fault else f"a larger EXPERT_LOOP, {n}"
+        cases.append(_case(name, blob, window=window, patches=patches))
+    return cases
+
+
 def run_top(config_name: str, parameters: dict):
     return run_cocotb(Accelerator(preset(config_name)), toplevel="accelerator",
                       test_module="moeaccel.sim.tb.top", build_key=config_name,
@@ -170,15 +218,16 @@ def run_top(config_name: str, parameters: dict):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("config_name, random_programs, pipelines",
-                         [("tiny", 60, 20), ("pynq-z2", 20, 10)])
-def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, pipelines,
-                                                tmp_path):
+@pytest.mark.parametrize("config_name, random_programs, pipelines, linear, loops",
+                         [("tiny", 60, 20, 40, 30), ("pynq-z2", 20, 10, 15, 10)])
+def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, pipelines, linear,
+                                                loops, tmp_path):
     report = tmp_path / "top.json"
     config = preset(config_name)
-    run_top(config_name, {"cases": directed(config) + vector_cases(config),
-                          "random": random_programs, "pipelines": pipelines,
-                          "report_file": str(report)})
+    cases = directed(config) + vector_cases(config) + linear_cases(config) + \
+        expert_loop_cases(config)
+    run_top(config_name, {"cases": cases, "random": random_programs, "pipelines": pipelines,
+                          "linear": linear, "expert_loops": loops, "report_file": str(report)})
     runs = {r["name"]: r for r in json.loads(report.read_text())}
     # an abort and the watchdog stop a long transfer at its next row: 64 rows of 16 beats each
     # would take over 1 000 cycles
@@ -188,6 +237,21 @@ def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, pi
     assert runs["VECTOR RMSNORM with eps_q out of range"]["code"] == "BAD_FIELD"
     assert runs["VECTOR GATE's weights past the window"]["code"] == "DMA_WINDOW"
     assert all(r["code"] == "NONE" for name, r in runs.items() if name.startswith("pipeline"))
+    assert runs["LINEAR with a PARAMS record refused"]["code"] == "BAD_FIELD"
+    assert runs["LINEAR with a gate-table token refused"]["code"] == "BAD_FIELD"
+    assert runs["LINEAR with weights past the window"]["code"] == "DMA_WINDOW"
+    assert runs["a larger LINEAR"]["code"] == runs["another larger LINEAR"]["code"] == "NONE"
+    passes = [r for name, r in runs.items() if name.startswith("LINEAR ")]
+    assert sum(r["code"] == "NONE" for r in passes) >= 0.8 * linear
+    for fault, code in EXPERT_LOOP_CODES.items():
+        if fault == "gather" and (config.act_buffer_words // config.max_tokens + 1) \
+                * config.act_word_bytes > config.max_d_model:
+            code = "BAD_FIELD"          # rows that wide do not fit d_model: a token refused
+        assert runs[f"EXPERT_LOOP refusing: {fault}"]["code"] == code, fault
+    larger = [r for name, r in runs.items() if name.startswith("a larger EXPERT_LOOP")]
+    assert all(r["code"] == "NONE" and r["counters"]["top_experts_run"] > 0 for r in larger)
+    loops_run = [r for name, r in runs.items() if name.startswith("EXPERT_LOOP ")]
+    assert sum(r["code"] == "NONE" for r in loops_run) >= 0.8 * loops
     codes = {r["code"] for r in runs.values()}
     assert codes >= {"NONE", "DEADLOCK", "BAD_FIELD", "DMA_WINDOW", "NO_FINISH",
                      "ILLEGAL_OPCODE", "WATCHDOG", "ABORTED"}, codes

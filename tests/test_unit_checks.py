@@ -22,6 +22,7 @@ from moeaccel.config import preset
 from moeaccel.formats import attention, expert_ffn, router, vector
 from moeaccel.formats.buffers import Buffer
 from moeaccel.formats.expert_ffn import pattern_bits
+from moeaccel.formats.numbers import count_bits
 from moeaccel.formats.router import RouterMode
 from moeaccel.formats.vector import VectorOp
 from moeaccel.formats.rules import Fields
@@ -332,3 +333,74 @@ def test_decoder_refuses_exactly_what_the_instruction_check_refuses(name):
     sim.run()
     assert counts["refused"] > 200 and counts["taken"] > 200, counts
     assert counts["undecodable"] > 20, counts
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_the_expert_loop_builds_and_refuses_expert_passes_as_the_emulator(name):
+    """The hardware expert loop's two pass commands (`hw.ffn_port.expert_commands`) equal
+    `formats.instructions.expert_loop_commands`, and its refusal of an expert
+    (`hw.ffn_port.expert_refused`) is the emulator's (`DESCRIPTOR.refusals`, more tokens than
+    ``max_tokens``, `expert_check`), on 500 random loop bodies, token counts and descriptors."""
+    from amaranth.sim import Simulator
+
+    from moeaccel.formats import instructions, records
+    from moeaccel.formats.instructions import DESCRIPTOR, expert_loop_body
+    from moeaccel.hw.ffn_port import expert_commands, expert_refused
+
+    config = preset(name)
+    m = Module()
+    body = Signal(expert_loop_body(config))
+    tokens = Signal(16)
+    descriptor = Signal(DESCRIPTOR.dram)
+    first, down = expert_commands(m, config, body, tokens, descriptor.swiglu_multiplier,
+                                  descriptor.swiglu_shift)
+    refused = Signal()
+    m.d.comb += refused.eq(expert_refused(config, first, down, tokens, descriptor))
+    rng = random.Random(21)
+    limits = _limits(config)
+    def value(width: int, legal: int, edges: list) -> int:
+        """Mostly a legal value (1 .. `legal`), sometimes one near a limit or any."""
+        if rng.random() < 0.6:
+            return rng.randint(1, max(1, legal // rng.choice([1, 4, 16])))
+        return max(1, _draw(rng, unsigned(width), limits + edges))
+
+    cases = []
+    for _ in range(COMMANDS):
+        fields = {"experts": 1, "table": 0, "prefetch": 0, "swiglu": rng.randrange(2),
+                  "pattern": rng.randrange(len(config.patterns)),
+                  "d_model": value(count_bits(config.max_d_model), config.max_d_model, []),
+                  "d_ff": value(count_bits(config.max_d_ff), config.max_d_ff, [])}
+        count = value(16, min(config.max_tokens, config.dispatch_capacity),
+                      [config.dispatch_capacity])
+        record = records.zeros(DESCRIPTOR.dram)[0]
+        record["swiglu_multiplier"] = value(16, (1 << 15) - 1, [1 << 15])
+        record["swiglu_shift"] = value(8, 63, [63, 64])
+        cases.append((fields, count, record))
+    accepted = sum(not (DESCRIPTOR.refusals(config, record.reshape(1), "descriptor")
+                        or count > config.max_tokens
+                        or instructions.expert_check(config, fields, count,
+                                                     int(record["swiglu_multiplier"]),
+                                                     int(record["swiglu_shift"])))
+                   for fields, count, record in cases)
+    assert COMMANDS // 5 < accepted < COMMANDS * 4 // 5, accepted   # both verdicts, often
+
+    async def bench(ctx):
+        for fields, count, record in cases:
+            ctx.set(body, fields)
+            ctx.set(tokens, count)
+            ctx.set(descriptor.as_value(), int.from_bytes(record.tobytes(), "little"))
+            mult, shift = int(record["swiglu_multiplier"]), int(record["swiglu_shift"])
+            want_first, want_down = instructions.expert_loop_commands(config, fields, count,
+                                                                      mult, shift)
+            reasons = (DESCRIPTOR.refusals(config, record.reshape(1), "descriptor")
+                       or (["tokens"] if count > config.max_tokens else [])
+                       or instructions.expert_check(config, fields, count, mult, shift))
+            assert bool(ctx.get(refused)) == bool(reasons), (fields, count, mult, shift, reasons)
+            if not reasons:
+                for signal, want in ((first, want_first), (down, want_down)):
+                    got = {key: int(ctx.get(getattr(signal, key))) for key in want}
+                    assert got == want, (fields, count, got, want)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()

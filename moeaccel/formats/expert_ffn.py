@@ -15,7 +15,7 @@ from .rules import Fields, check_rules, normalise
 __all__ = ["EXPERT_ACTIVATIONS", "EXPERT_FFN_COUNTERS", "weight_word", "weight_word_beats",
            "weight_word_bytes", "chunk_inputs", "pattern_bits", "mac_in", "mac_out", "ffn_tag",
            "ffn_command", "ffn_out", "act_write", "params_write", "gates_write", "tile_channels",
-           "pass_command", "weight_bytes", "rules", "check"]
+           "pass_command", "weight_bytes", "pass_weight_bytes", "rules", "check"]
 
 # The expert FFNs the engine runs: SwiGLU (gate and up fused in one pass), GELU and ReLU (the
 # activation table).
@@ -192,10 +192,16 @@ def pass_command(config, tokens: int, inputs: int, outputs: int, pattern, *, swi
 
 def weight_bytes(config, command: dict) -> int:
     """Bytes of a pass's packed weight words (none for a drain)."""
-    if command["drain"]:
-        return 0
-    return command["tiles"] * command["chunks"] * weight_word_bytes(
-        config, config.patterns[command["pattern"]])
+    return pass_weight_bytes(config, Fields.of(command))
+
+
+def pass_weight_bytes(config, c):
+    """`weight_bytes` of a command `c` as `rules` take it (a decoded command, or an Amaranth view
+    of one): ``tiles x chunks`` words of its pattern, none for a drain or a pattern not built."""
+    per_word = 0
+    for index, pattern in enumerate(config.patterns):
+        per_word = per_word + (c.pattern == index) * weight_word_bytes(config, pattern)
+    return (c.drain == 0) * c.tiles * c.chunks * per_word
 
 
 def rules(config, c):

@@ -112,8 +112,12 @@ def linear_body(config) -> data.StructLayout:
     ``preloaded``, come from the WEIGHT buffer at byte ``sram`` (put there by LOADs that the load
     queue can run while the previous pass computes). Parameters come from PARAMS, the table from
     TABLE, the gate table from GATES. Result rows go (``to_buffer``) to activation buffer
-    ``1 - src`` (``dst_row_words`` words a token), or (``accumulate``) into OUT; a ``drain``
-    requantises OUT's rows into activation buffer ``1 - src`` and clears them."""
+    ``1 - src`` (``dst_row_words`` words a token; a row's channels from its first byte, the bytes
+    after them unchanged), or (``accumulate``) into OUT, gate x row added to the row the gate table
+    names (a row named twice adds twice); a ``drain`` requantises OUT's rows into activation
+    buffer ``1 - src`` and clears them. Refused as the pass starts, before it writes anything:
+    weights past the DMA window (DMA_WINDOW); a PARAMS record, or a gate-table entry, its on-chip
+    field cannot hold, or a gate-table row past ``max_tokens`` or past OUT (BAD_FIELD)."""
     return data.StructLayout({
         "command": expert_ffn.ffn_command(config),
         "weights": unsigned(ADDRESS_BITS),
@@ -245,9 +249,17 @@ def rules(config, opcode: Opcode, c) -> list:
     own. Beyond them are the DMA window and the buffers' bounds, which depend on the data (a LOAD's
     or STORE's rows against their buffer are `dma.rules`, checked as the transfer starts)."""
     if opcode is Opcode.LINEAR:
+        size = expert_ffn.pass_weight_bytes(config, c.command)
+        bus, weight = config.axi_data_bytes, buffer_bytes(config)[Buffer.WEIGHT]
         return expert_ffn.rules(config, c.command) + [
             (lambda: "the rows go nowhere: a LINEAR writes to_buffer or accumulates",
-             (c.command.to_buffer == 0) & (c.command.accumulate == 0))]
+             (c.command.to_buffer == 0) & (c.command.accumulate == 0)),
+            (lambda: f"preloaded weights at WEIGHT byte {c.sram}, not a whole bus word of {bus} "
+                     f"bytes",
+             (c.preloaded == 1) & (size != 0) & (c.sram % bus != 0)),
+            (lambda: f"preloaded weights at WEIGHT bytes {c.sram} .. {c.sram + size - 1}, beyond "
+                     f"its {weight}",
+             (c.preloaded == 1) & (size != 0) & (c.sram + size > weight))]
     if opcode is Opcode.ROUTE:
         return router.rules(config, c.command) + [
             (lambda: f"rows of {c.row_words} words are narrower than {c.command.chunks} router "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from amaranth.hdl import Shape, unsigned
+from amaranth.hdl import Cat, Const, Shape, Value, unsigned
 from amaranth.lib import data
 
 __all__ = ["dtype", "size", "zeros", "view", "Pair", "FormatError"]
@@ -150,3 +150,31 @@ class Pair:
                                   f"than the {Shape.cast(dram).width} of its DRAM form")
             layout[name] = shape
         return layout
+
+    def from_dram(self, config, value):
+        """The on-chip form (bits of `onchip`) of the DRAM record `value` (its bits, an Amaranth
+        value), each field cut to its on-chip width: the hardware reading a record `refused` has
+        passed."""
+        dram = data.View(self.dram, value)
+        fields = []
+        for name, shape in self.onchip_fields(config).items():
+            width = shape.size if isinstance(shape, data.Layout) else Shape.cast(shape).width
+            fields.append(Value.cast(dram[name])[:width])
+        return Cat(*fields)
+
+    def refused(self, config, value):
+        """An Amaranth condition: a field of the DRAM record `value` does not fit its on-chip field
+        (the hardware's `refusals`)."""
+        dram = data.View(self.dram, value)
+        found = Const(0, 1)
+        for name, shape in self.onchip_fields(config).items():
+            if isinstance(shape, data.Layout):
+                continue
+            shape = Shape.cast(shape)
+            dram_shape = Shape.cast(self.fields[name][1])
+            field = Value.cast(dram[name])
+            field = field.as_signed() if dram_shape.signed else field
+            low, high = ((-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed
+                         else (0, (1 << shape.width) - 1))
+            found = found | (field < low) | (field > high)
+        return found

@@ -18,6 +18,8 @@ the emulator does not model it: WATCHDOG, ABORTED), ``program_base`` (a multiple
 the window);
 ``random`` (that many random programs, `sim.programs.random_program`, on built opcodes, serialised);
 ``pipelines`` (that many `sim.programs.random_pipeline` programs, run in parallel);
+``linear`` (that many `sim.programs.random_linear` programs with their data); ``expert_loops``
+(that many `sim.programs.random_expert_loop` programs);
 ``pause``; ``report_file``.
 """
 
@@ -33,13 +35,16 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
 from ...config import preset
-from ...formats.buffers import buffer_bytes
+from ...formats import records
+from ...formats.buffers import Buffer, buffer_bytes
 from ...formats.instructions import ErrorCode, Opcode
 from ...formats.registers import register_map
+from ...formats.router import DISPATCH_COUNT, dispatch_table
 from ...host.emulator import Emulator
 from ...isa import DecodeError, Program, decode
 from ..harness import check_cases, pause_axi, reset, start_clock, tb_params
-from ..programs import random_pipeline, random_program
+from ..programs import (LINEAR_WINDOW, random_expert_loop, random_linear, random_pipeline,
+                        random_program)
 
 CLOCK_NS = 10
 PROGRAM_BASE = 0x1000
@@ -47,7 +52,7 @@ WINDOW_BASE = 0x8000
 GUARD_BYTES = 0x1000            # after the window
 NONE_INDEX = 0xFFFF_FFFF        # failed_instruction when no instruction is to blame
 BUILT = (Opcode.LOAD, Opcode.STORE, Opcode.LOAD, Opcode.STORE, Opcode.NOP, Opcode.SYNC,
-         Opcode.FINISH, Opcode.VECTOR)
+         Opcode.FINISH, Opcode.VECTOR, Opcode.LINEAR, Opcode.EXPERT_LOOP)
 
 
 class TopTB:
@@ -103,9 +108,27 @@ class TopTB:
             return []
         if code is not ErrorCode.NONE or golden.instruction != len(instructions) - 1:
             return []
+        passes = [i.fields["command"] for i in instructions if i.opcode is Opcode.LINEAR]
         want = {"top_instructions": len(instructions) - 1,           # all but the FINISH
                 "load_dma_bytes_read": _moved(instructions, Opcode.LOAD),
-                "store_dma_bytes_written": _moved(instructions, Opcode.STORE)}
+                "store_dma_bytes_written": _moved(instructions, Opcode.STORE),
+                # a weight word enters the MAC array for each tile, token and chunk
+                "expert_ffn_mac_cycles": sum(0 if c["drain"] else
+                                             c["tiles"] * c["tokens"] * c["chunks"]
+                                             for c in passes)}
+        loops = [n for n, i in enumerate(instructions) if i.opcode is Opcode.EXPERT_LOOP]
+        if loops:
+            del want["expert_ffn_mac_cycles"]           # the passes depend on DISPATCH
+        later = [i for i in instructions[loops[-1]:] if i.opcode is Opcode.LOAD
+                 and i.fields["buffer"] is Buffer.DISPATCH] if loops else []
+        if len(loops) <= 1 and not later:
+            # the one loop's experts, by the counts DISPATCH still holds after the run
+            experts = instructions[loops[0]].fields["experts"] if loops else 0
+            counts = records.view(DISPATCH_COUNT.dram, bytes(self.buffers[Buffer.DISPATCH]),
+                                  experts, dispatch_table(self.config)["counts"].offset // 8)
+            counts = [int(c) for c in counts["count"]]
+            want["top_experts_run"] = sum(c > 0 for c in counts)
+            want["top_experts_skipped"] = sum(c == 0 for c in counts)
         wrong = [f"counter {name} {counters[name]}, expected {value}"
                  for name, value in want.items() if counters[name] != value]
         total = counters["top_total_cycles"]
@@ -114,6 +137,8 @@ class TopTB:
                 wrong.append(f"the {queue} queue's busy and stall cycles exceed the run's {total}")
         if counters["load_dma_busy_cycles"] > counters["top_load_busy_cycles"]:
             wrong.append("the load DMA engine was busy longer than the load queue")
+        if counters["expert_ffn_busy_cycles"] > counters["top_compute_busy_cycles"]:
+            wrong.append("the Expert-FFN engine was busy longer than the compute queue")
         return wrong
 
     async def write(self, register: str, value: int) -> None:
@@ -187,7 +212,8 @@ class TopTB:
         index = await self.read("failed_instruction")
         irq_status = await self.read("irq_status")
         counters = {name: await self.read(name) for name in self.map
-                    if name.startswith(("top_", "load_dma_", "store_dma_", "vector_"))}
+                    if name.startswith(("top_", "load_dma_", "store_dma_", "vector_",
+                                        "expert_ffn_"))}
         await self.write("irq_status", 0b11)
         await RisingEdge(dut.clk)
         await ReadOnly()
@@ -213,8 +239,23 @@ class TopTB:
         if "expect" not in case:
             got = after[WINDOW_BASE:WINDOW_BASE + window]
             if got != bytes(emulator.dram):
-                first = next(i for i in range(window) if got[i] != emulator.dram[i])
-                mismatches.append(f"window byte {first:#x} differs from the emulator's")
+                differ = [i for i in range(window) if got[i] != emulator.dram[i]]
+                if tb_params().get("dump_dir"):            # the two windows, to compare offline
+                    from pathlib import Path
+                    folder = Path(tb_params()["dump_dir"])
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / f"{case['name']}.rtl").write_bytes(got)
+                    (folder / f"{case['name']}.emulator").write_bytes(bytes(emulator.dram))
+                spans, start = [], differ[0]
+                for a, b in zip(differ, differ[1:] + [None]):
+                    if b is None or b > a + 8:
+                        spans.append(f"{start:#x}..{a:#x}")
+                        start = b
+                mismatches.append(f"window byte {differ[0]:#x} differs from the emulator's ("
+                                  f"{len(differ)} bytes differ, in {', '.join(spans[:8])}; "
+                                  f"the first ten, RTL/emulator: "
+                                  + ", ".join(f"{i:#x}: {got[i]:#04x}/{emulator.dram[i]:#04x}"
+                                              for i in differ[:10]) + ")")
         mismatches += self._check_counters(program, code, counters, golden)
         outside = after[:WINDOW_BASE] + after[WINDOW_BASE + window:]
         if outside != before[:WINDOW_BASE] + before[WINDOW_BASE + window:]:
@@ -262,7 +303,9 @@ async def programs_match_the_emulator(dut):
     config = preset(params["config"])
     rng = random.Random(params.get("seed", 13))
     cases = list(params.get("cases", []))
-    largest = max([c["window"] for c in cases] + [4096])
+    largest = max([c["window"] for c in cases] + [RANDOM_WINDOW]
+                  + [PIPELINE_WINDOW] * bool(params.get("pipelines"))
+                  + [LINEAR_WINDOW] * bool(params.get("linear") or params.get("expert_loops")))
     tb = TopTB(dut, config, rng, params.get("pause", 0.2),
                ram_bytes=WINDOW_BASE + largest + GUARD_BYTES)
     await tb.start()
@@ -270,6 +313,16 @@ async def programs_match_the_emulator(dut):
                                              params.get("seed", 13))):
         cases.append({"name": f"random {n}", "program": blob.hex(), "window": RANDOM_WINDOW,
                       "serialise": True})
+    rng_linear = random.Random(params.get("seed", 13) + 2)
+    for n in range(params.get("linear", 0)):
+        blob, patches = random_linear(rng_linear, config, LINEAR_WINDOW)
+        cases.append({"name": f"LINEAR {n}", "program": blob.hex(), "window": LINEAR_WINDOW,
+                      "fill": n, "patches": patches})
+    rng_loops = random.Random(params.get("seed", 13) + 3)
+    for n in range(params.get("expert_loops", 0)):
+        blob, patches = random_expert_loop(rng_loops, config, LINEAR_WINDOW)
+        cases.append({"name": f"EXPERT_LOOP {n}", "program": blob.hex(), "window": LINEAR_WINDOW,
+                      "fill": n, "patches": patches})
     rng_pipelines = random.Random(params.get("seed", 13) + 1)
     for n in range(params.get("pipelines", 0)):
         blob = random_pipeline(rng_pipelines, config, PIPELINE_WINDOW,
