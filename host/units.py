@@ -194,10 +194,10 @@ def _route(config: AccelConfig, memory: Memory, fields: dict) -> None:
 
 
 def _dispatch(config: AccelConfig, memory: Memory, routing, experts: int) -> None:
-    """The router's writes: every count cleared, then each expert's queue of (token, gate) and its
-    count."""
+    """The router's writes: the counts of the first `experts` cleared, then each expert's queue of
+    (token, gate) and its count."""
     table = records.view(dispatch_table(config), memory.buffers[Buffer.DISPATCH])[0]
-    table["counts"]["count"] = 0
+    table["counts"]["count"][:experts] = 0
     for expert, (rows, gates) in enumerate(route_queues(routing, experts,
                                                         config.dispatch_capacity)):
         count = rows.numel()

@@ -30,24 +30,37 @@ from ..formats.epilogue import CHANNEL_PARAMS
 
 __all__ = ["Buffers", "DIRECT", "direct_signatures", "word_bytes", "word_depth"]
 
-# The buffers with direct ports: the side of the read port and of the write port (None: none).
+# The direct ports, by name: the buffer, whether the port reads or writes, and the side it is on.
+# The Expert-FFN engine's: ACT0 and ACT1 read and written, PARAMS and GATES read, OUT read on the
+# unit side and written on the DMA side. The router's: ROUTER_WEIGHTS read on both sides (a word
+# of weights, and an expert's requantisation), ROUTER_BIAS read, DISPATCH written on both sides (a
+# queue entry, and its expert's count).
 DIRECT = {
-    Buffer.ACT0: ("unit", "unit"),
-    Buffer.ACT1: ("unit", "unit"),
-    Buffer.PARAMS: ("unit", None),
-    Buffer.GATES: ("unit", None),
-    Buffer.OUT: ("unit", "dma"),
+    "act0_read": (Buffer.ACT0, "read", "unit"),
+    "act0_write": (Buffer.ACT0, "write", "unit"),
+    "act1_read": (Buffer.ACT1, "read", "unit"),
+    "act1_write": (Buffer.ACT1, "write", "unit"),
+    "params_read": (Buffer.PARAMS, "read", "unit"),
+    "gates_read": (Buffer.GATES, "read", "unit"),
+    "out_read": (Buffer.OUT, "read", "unit"),
+    "out_write": (Buffer.OUT, "write", "dma"),
+    "weights_read": (Buffer.ROUTER_WEIGHTS, "read", "unit"),
+    "requant_read": (Buffer.ROUTER_WEIGHTS, "read", "dma"),
+    "bias_read": (Buffer.ROUTER_BIAS, "read", "unit"),
+    "queue_write": (Buffer.DISPATCH, "write", "unit"),
+    "count_write": (Buffer.DISPATCH, "write", "dma"),
 }
 
 
 def word_bytes(config) -> dict:
     """Each buffer's memory word: the activation buffers an activation word (the Expert-FFN
-    engine's), OUT a tile of int32 sums, PARAMS a tile's parameter records, the others a bus
-    word; never narrower than the bus."""
+    engine's), OUT a tile of int32 sums, PARAMS a tile's parameter records, ROUTER_WEIGHTS a word
+    of router weights, the others a bus word; never narrower than the bus."""
     bus = config.axi_data_bytes
     wide = {Buffer.ACT0: config.act_word_bytes, Buffer.ACT1: config.act_word_bytes,
             Buffer.OUT: out_row_bytes(config, config.mac_rows),
-            Buffer.PARAMS: config.mac_rows * CHANNEL_PARAMS.size}
+            Buffer.PARAMS: config.mac_rows * CHANNEL_PARAMS.size,
+            Buffer.ROUTER_WEIGHTS: config.router_lanes}
     return {buffer: max(bus, wide.get(buffer, bus)) for buffer in buffer_bytes(config)}
 
 
@@ -56,18 +69,16 @@ def word_depth(config, buffer: Buffer) -> int:
     return -(-buffer_bytes(config)[buffer] // word_bytes(config)[buffer])
 
 
-def direct_signatures(config) -> dict:
-    """The direct ports, as memory ports (the memory's side): ``<buffer>_read`` and
-    ``<buffer>_write``."""
+def direct_signatures(config, names=None) -> dict:
+    """The direct ports `names` (default: all of `DIRECT`), as memory ports (the memory's side)."""
     ports = {}
     words = word_bytes(config)
-    for buffer, (read, write) in DIRECT.items():
+    for name in DIRECT if names is None else names:
+        buffer, kind, _ = DIRECT[name]
         shape = dict(addr_width=max(0, (word_depth(config, buffer) - 1).bit_length()),
                      shape=unsigned(8 * words[buffer]))
-        name = buffer.name.lower()
-        ports[f"{name}_read"] = memory.ReadPort.Signature(**shape)
-        if write is not None:
-            ports[f"{name}_write"] = memory.WritePort.Signature(**shape, granularity=8)
+        ports[name] = (memory.ReadPort.Signature(**shape) if kind == "read"
+                       else memory.WritePort.Signature(**shape, granularity=8))
     return ports
 
 
@@ -81,8 +92,8 @@ class Buffers(wiring.Component):
         ``ready``
     store_read_data, unit_read_data, unit_read_b_data : the word a taken request asked for, the
         cycle after it
-    act0_read, act0_write, ..., out_write : the direct ports (`DIRECT`), memory ports of whole
-        memory words; a read's data is there the cycle after its ``en``
+    act0_read ... count_write : the direct ports (`DIRECT`), memory ports of whole memory words;
+        a read's data is there the cycle after its ``en``
     """
 
     def __init__(self, config: AccelConfig):
@@ -111,13 +122,10 @@ class Buffers(wiring.Component):
                                     (self.unit_read_b, self.unit_read_b_data)], "unit"))
         # a direct port's access this cycle, by side and buffer
         direct = {"dma": {}, "unit": {}}
-        for buffer, sides_of in DIRECT.items():
-            name = buffer.name.lower()
-            for kind, side in zip(("read", "write"), sides_of):
-                if side is not None:
-                    port = getattr(self, f"{name}_{kind}")
-                    active = port.en if kind == "read" else port.en.any()
-                    direct[side][buffer] = direct[side].get(buffer, 0) | active
+        for name, (buffer, kind, side) in DIRECT.items():
+            port = getattr(self, name)
+            active = port.en if kind == "read" else port.en.any()
+            direct[side][buffer] = direct[side].get(buffer, 0) | active
 
         def direct_on(side, requested):
             """A direct port reaches the requested buffer on this side this cycle."""
@@ -174,15 +182,16 @@ class Buffers(wiring.Component):
                 with m.If(writing):
                     m.d.comb += [address.eq(write.p.addr >> lg),
                                  write_port.en.eq(write.p.strobe << (slot * width))]
-                read_side, write_side = DIRECT.get(buffer, (None, None))
-                if read_side == side:
-                    port = getattr(self, f"{name}_read")
-                    m.d.comb += port.data.eq(read_port.data)
-                    with m.If(port.en):
-                        m.d.comb += [address.eq(port.addr), read_port.en.eq(1)]
-                if write_side == side:
-                    port = getattr(self, f"{name}_write")
-                    with m.If(port.en.any()):
-                        m.d.comb += [address.eq(port.addr), write_port.en.eq(port.en),
-                                     write_port.data.eq(port.data)]
+                for port_name, (target, kind, port_side) in DIRECT.items():
+                    if target is not buffer or port_side != side:
+                        continue
+                    port = getattr(self, port_name)
+                    if kind == "read":
+                        m.d.comb += port.data.eq(read_port.data)
+                        with m.If(port.en):
+                            m.d.comb += [address.eq(port.addr), read_port.en.eq(1)]
+                    else:
+                        with m.If(port.en.any()):
+                            m.d.comb += [address.eq(port.addr), write_port.en.eq(port.en),
+                                         write_port.data.eq(port.data)]
         return m

@@ -50,7 +50,11 @@ from .controller import compute_port
 from .dma import Dma
 from .expert_ffn import FFNEngine
 
-__all__ = ["FFNPort", "expert_commands", "expert_refused"]
+__all__ = ["FFNPort", "FFN_DIRECT", "expert_commands", "expert_refused"]
+
+# The buffers' direct ports the engine uses (`hw.buffers.DIRECT`).
+FFN_DIRECT = ("act0_read", "act0_write", "act1_read", "act1_write", "params_read", "gates_read",
+              "out_read", "out_write")
 
 _QUEUE = 4                      # bus words of preloaded weights held for the engine
 
@@ -168,7 +172,8 @@ class FFNPort(wiring.Component):
             "read": Out(stream.Signature(sram_read_request(config))),
             "read_data": In(config.axi_data_width),
             "write": Out(stream.Signature(sram_write(config), always_ready=True)),
-            **{name: In(signature) for name, signature in direct_signatures(config).items()},
+            **{name: In(signature)
+               for name, signature in direct_signatures(config, FFN_DIRECT).items()},
             "table_written": In(1),
         })
 

@@ -14,7 +14,7 @@ reciprocal (47), the gates and their dispatch (k + 1): `moeaccel.cycles.router_c
 ``busy_cycles`` counter.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,7 +31,34 @@ from .arith import (exp_fixed, reciprocal_step, round_shift, round_shift_saturat
                     tree_sum)
 from .loops import Loop, LoopNest
 
-__all__ = ["Router"]
+__all__ = ["Router", "memory_ports"]
+
+
+def _bits(depth: int) -> int:
+    return max(0, (depth - 1).bit_length())
+
+
+def memory_ports(config) -> dict:
+    """The memories a shared router reaches through ports (`Router(shared=True)`), as each port's
+    signature from the memory's side: word `chunk` of expert `expert`'s weights (address ``expert x
+    router_chunks + chunk``), an expert's logit requantisation, its selection bias, and the writes
+    of the dispatch table's queue entries (address ``expert x dispatch_capacity + slot``) and of
+    its counts."""
+    experts = config.max_experts
+    return {
+        "weights_read": memory.ReadPort.Signature(
+            addr_width=_bits(experts * config.router_chunks),
+            shape=router_token(config)["data"].shape),
+        "params_read": memory.ReadPort.Signature(addr_width=_bits(experts),
+                                                 shape=REQUANT.onchip(config)),
+        "bias_read": memory.ReadPort.Signature(
+            addr_width=_bits(experts), shape=SELECTION_BIAS.onchip_fields(config)["bias"]),
+        "table_write": memory.WritePort.Signature(
+            addr_width=_bits(experts * config.dispatch_capacity),
+            shape=TOKEN_GATE.onchip(config)),
+        "count_write": memory.WritePort.Signature(
+            addr_width=_bits(experts), shape=DISPATCH_COUNT.onchip_fields(config)["count"]),
+    }
 
 KEY_BITS = 20                      # selection keys: Q8 logits, or Q15 score + Q15 bias
 
@@ -86,27 +113,38 @@ class Router(wiring.Component):
         an expert's queue was full
     """
 
-    def __init__(self, config: AccelConfig):
+    def __init__(self, config: AccelConfig, shared: bool = False):
+        """`shared`: the router weights, their requantisations, the selection biases and the
+        dispatch table are outside the router (the accelerator top's buffers), reached through
+        the `memory_ports` (the counts are also kept inside, where the router reads them);
+        otherwise the router holds them, filled from its write streams and read through
+        ``table_read`` and ``count_read``."""
         if not isinstance(config, AccelConfig):
             raise TypeError(f"Router needs an AccelConfig, not {config!r}")
         self.config = config
-        capacity = config.dispatch_capacity
-        super().__init__({
+        self.shared = shared
+        ports = {
             "cmd": In(stream.Signature(router_command(config))),
             "logits": In(stream.Signature(LOGIT.onchip(config))),
             "tokens": In(stream.Signature(router_token(config))),
-            "weights_write": In(stream.Signature(router_weight_write(config))),
-            "bias_write": In(stream.Signature(bias_write(config))),
-            "table_read": Out(memory.ReadPort.Signature(
-                addr_width=(config.max_experts * capacity - 1).bit_length(),
-                shape=TOKEN_GATE.onchip(config))),
-            "count_read": Out(memory.ReadPort.Signature(
-                addr_width=max(1, (config.max_experts - 1).bit_length()),
-                shape=DISPATCH_COUNT.onchip_fields(config)["count"])),
             "busy": Out(1),
             "error": Out(1),
             "perf": Out(ROUTER_COUNTERS),
-        })
+        }
+        if shared:
+            ports.update({name: In(signature) for name, signature in memory_ports(config).items()})
+        else:
+            ports.update({
+                "weights_write": In(stream.Signature(router_weight_write(config))),
+                "bias_write": In(stream.Signature(bias_write(config))),
+                "table_read": Out(memory.ReadPort.Signature(
+                    addr_width=_bits(config.max_experts * config.dispatch_capacity),
+                    shape=TOKEN_GATE.onchip(config))),
+                "count_read": Out(memory.ReadPort.Signature(
+                    addr_width=max(1, _bits(config.max_experts)),
+                    shape=DISPATCH_COUNT.onchip_fields(config)["count"])),
+            })
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -122,47 +160,54 @@ class Router(wiring.Component):
         # -- memories
         m.submodules.logit_buffer = logit_buffer = memory.Memory(
             shape=logit, depth=experts, init=[])
-        m.submodules.bias = bias = memory.Memory(
-            shape=SELECTION_BIAS.onchip_fields(config)["bias"], depth=experts, init=[])
         m.submodules.counts = counts = memory.Memory(
             shape=DISPATCH_COUNT.onchip_fields(config)["count"], depth=experts, init=[])
-        m.submodules.table = table = memory.Memory(
-            shape=TOKEN_GATE.onchip(config), depth=experts * capacity, init=[])
         lanes, row_words = config.router_lanes, config.router_chunks
-        m.submodules.router_weights = router_weights = memory.Memory(
-            shape=token_word, depth=experts * row_words, init=[])
-        m.submodules.logit_params = logit_params = memory.Memory(
-            shape=REQUANT.onchip(config), depth=experts, init=[])
         m.submodules.token_buffer = token_buffer = memory.Memory(
             shape=token_word, depth=row_words, init=[])
-        weights_port, weights_read = router_weights.write_port(), router_weights.read_port()
-        params_port, params_read = logit_params.write_port(), logit_params.read_port()
         token_port, token_read = token_buffer.write_port(), token_buffer.read_port()
         logit_write, logit_read = logit_buffer.write_port(), logit_buffer.read_port()
-        bias_port, bias_read = bias.write_port(), bias.read_port()
         count_write, count_read = counts.write_port(), counts.read_port()
-        table_write = table.write_port()
-        for outer, inner in ((self.table_read, table.read_port()),
-                             (self.count_read, counts.read_port())):
-            m.d.comb += [inner.addr.eq(outer.addr), inner.en.eq(outer.en),
-                         outer.data.eq(inner.data)]
-
-        m.d.comb += [
-            self.bias_write.ready.eq(~busy),
-            bias_port.addr.eq(self.bias_write.p.expert),
-            bias_port.data.eq(self.bias_write.p.bias),
-            bias_port.en.eq(self.bias_write.valid & ~busy),
-            self.cmd.ready.eq(~busy),
-            self.weights_write.ready.eq(~busy),
-            weights_port.addr.eq(self.weights_write.p.expert * row_words
-                                 + self.weights_write.p.chunk),
-            weights_port.data.eq(self.weights_write.p.data),
-            weights_port.en.eq(self.weights_write.valid & ~busy),
-            params_port.addr.eq(self.weights_write.p.expert),
-            params_port.data.multiplier.eq(self.weights_write.p.multiplier),
-            params_port.data.shift.eq(self.weights_write.p.shift),
-            params_port.en.eq(self.weights_write.valid & ~busy),
-        ]
+        m.d.comb += self.cmd.ready.eq(~busy)
+        if self.shared:
+            weights_read, params_read = self.weights_read, self.params_read
+            bias_read, table_write = self.bias_read, self.table_write
+            # the counts' writes go out too
+            m.d.comb += [self.count_write.addr.eq(count_write.addr),
+                         self.count_write.data.eq(count_write.data),
+                         self.count_write.en.eq(count_write.en)]
+        else:
+            m.submodules.table = table = memory.Memory(
+                shape=TOKEN_GATE.onchip(config), depth=experts * capacity, init=[])
+            m.submodules.router_weights = router_weights = memory.Memory(
+                shape=token_word, depth=experts * row_words, init=[])
+            m.submodules.logit_params = logit_params = memory.Memory(
+                shape=REQUANT.onchip(config), depth=experts, init=[])
+            m.submodules.bias = bias = memory.Memory(
+                shape=SELECTION_BIAS.onchip_fields(config)["bias"], depth=experts, init=[])
+            weights_port, weights_read = router_weights.write_port(), router_weights.read_port()
+            params_port, params_read = logit_params.write_port(), logit_params.read_port()
+            bias_port, bias_read = bias.write_port(), bias.read_port()
+            table_write = table.write_port()
+            for outer, inner in ((self.table_read, table.read_port()),
+                                 (self.count_read, counts.read_port())):
+                m.d.comb += [inner.addr.eq(outer.addr), inner.en.eq(outer.en),
+                             outer.data.eq(inner.data)]
+            m.d.comb += [
+                self.bias_write.ready.eq(~busy),
+                bias_port.addr.eq(self.bias_write.p.expert),
+                bias_port.data.eq(self.bias_write.p.bias),
+                bias_port.en.eq(self.bias_write.valid & ~busy),
+                self.weights_write.ready.eq(~busy),
+                weights_port.addr.eq(self.weights_write.p.expert * row_words
+                                     + self.weights_write.p.chunk),
+                weights_port.data.eq(self.weights_write.p.data),
+                weights_port.en.eq(self.weights_write.valid & ~busy),
+                params_port.addr.eq(self.weights_write.p.expert),
+                params_port.data.multiplier.eq(self.weights_write.p.multiplier),
+                params_port.data.shift.eq(self.weights_write.p.shift),
+                params_port.en.eq(self.weights_write.valid & ~busy),
+            ]
 
         token = Signal(range(config.max_tokens))
         expert = Signal(range(experts + 1))          # scan position

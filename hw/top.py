@@ -23,21 +23,23 @@ from ..config import AccelConfig
 from ..formats.buffers import Buffer
 from ..formats.dma import DMA_COUNTERS
 from ..formats.expert_ffn import EXPERT_FFN_COUNTERS
+from ..formats.router import ROUTER_COUNTERS
 from ..formats.vector import VECTOR_COUNTERS
 from ..formats.instructions import ErrorCode, Opcode
 from ..formats.registers import TOP_COUNTERS
 from .axi import AxiArbiter, axi4_signature
-from .buffers import Buffers, direct_signatures
+from .buffers import Buffers
 from .controller import Controller
 from .dma import Dma
 from .fetch import Fetch
-from .ffn_port import FFNPort
+from .ffn_port import FFN_DIRECT, FFNPort
+from .route_port import ROUTE_DIRECT, RoutePort
 from .registers import ControlRegisters, axi4_lite_signature
 from .vector_port import VectorPort
 
 __all__ = ["Accelerator", "AXI_ID_BITS"]
 
-_MANAGERS = ("fetch", "load_dma", "store_dma", "vector", "ffn")
+_MANAGERS = ("fetch", "load_dma", "store_dma", "vector", "ffn", "route")
 AXI_ID_BITS = 1 + (len(_MANAGERS) - 1).bit_length()
 
 
@@ -73,11 +75,12 @@ class Accelerator(wiring.Component):
         m.submodules.buffers = buffers = Buffers(config)
         m.submodules.vector = vector = VectorPort(config)
         m.submodules.ffn = ffn = FFNPort(config)
+        m.submodules.route = route = RoutePort(config)
         m.submodules.arbiter = arbiter = AxiArbiter(len(_MANAGERS), config.axi_addr_width,
                                                     config.axi_data_width)
         wiring.connect(m, wiring.flipped(self.s_axil), regs.s_axil)
         wiring.connect(m, arbiter.m, wiring.flipped(self.m_axi))
-        for n, manager in enumerate((fetch, load_dma, store_dma, vector, ffn)):
+        for n, manager in enumerate((fetch, load_dma, store_dma, vector, ffn, route)):
             wiring.connect(m, manager.m_axi, getattr(arbiter, f"s{n}"))
 
         # -- registers and the controller
@@ -132,11 +135,13 @@ class Accelerator(wiring.Component):
             ffn.issue.eq(ctrl.compute.issue & (opcode == Opcode.LINEAR)),
             ffn.command.eq(body.linear),
             ffn.loop_issue.eq(ctrl.compute.issue & (opcode == Opcode.EXPERT_LOOP)),
+            route.issue.eq(ctrl.compute.issue & (opcode == Opcode.ROUTE)),
+            route.command.eq(body.route),
             ffn.loop_command.eq(body.expert_loop),
             ffn.table_written.eq(buffers.load_write.valid & buffers.load_write.ready
                                  & (buffers.load_write.p.buffer == Buffer.TABLE)),
         ]
-        for port in (vector, ffn):
+        for port in (vector, ffn, route):
             m.d.comb += [port.window_base.eq(regs.window_base.base),
                          port.window_size.eq(regs.window_size.size)]
         # the unit side: the vector unit's readers and writer, or, while LINEAR or EXPERT_LOOP
@@ -146,15 +151,19 @@ class Accelerator(wiring.Component):
         with m.If(on_ffn):
             wiring.connect(m, ffn.read, buffers.unit_read)
             wiring.connect(m, ffn.write, buffers.unit_write)
+        with m.Elif(active == Opcode.ROUTE):
+            wiring.connect(m, route.read, buffers.unit_read)
         with m.Else():
             wiring.connect(m, vector.read, buffers.unit_read)
             wiring.connect(m, vector.write, buffers.unit_write)
         m.d.comb += [vector.read_data.eq(buffers.unit_read_data),
                      ffn.read_data.eq(buffers.unit_read_data),
+                     route.read_data.eq(buffers.unit_read_data),
                      vector.read_b_data.eq(buffers.unit_read_b_data)]
         wiring.connect(m, vector.read_b, buffers.unit_read_b)
-        for name in direct_signatures(config):
-            wiring.connect(m, getattr(ffn, name), getattr(buffers, name))
+        for port, names in ((ffn, FFN_DIRECT), (route, ROUTE_DIRECT)):
+            for name in names:
+                wiring.connect(m, getattr(port, name), getattr(buffers, name))
         with m.Switch(active):
             with m.Case(Opcode.NOP, Opcode.SYNC):
                 m.d.comb += [ctrl.compute.busy.eq(0), ctrl.compute.error.eq(ErrorCode.NONE)]
@@ -163,6 +172,8 @@ class Accelerator(wiring.Component):
                              ctrl.compute.error.eq(vector.error)]
             with m.Case(Opcode.LINEAR, Opcode.EXPERT_LOOP):
                 m.d.comb += [ctrl.compute.busy.eq(ffn.busy), ctrl.compute.error.eq(ffn.error)]
+            with m.Case(Opcode.ROUTE):
+                m.d.comb += [ctrl.compute.busy.eq(route.busy), ctrl.compute.error.eq(route.error)]
             with m.Default():
                 m.d.comb += [ctrl.compute.busy.eq(0),
                              ctrl.compute.error.eq(ErrorCode.ILLEGAL_OPCODE)]
@@ -177,7 +188,8 @@ class Accelerator(wiring.Component):
                 ("load_dma", DMA_COUNTERS, load_dma.perf, load_dma.busy),
                 ("store_dma", DMA_COUNTERS, store_dma.perf, store_dma.busy),
                 ("vector", VECTOR_COUNTERS, vector.perf, vector.busy),
-                ("expert_ffn", EXPERT_FFN_COUNTERS, ffn.perf, ffn.busy)):
+                ("expert_ffn", EXPERT_FFN_COUNTERS, ffn.perf, ffn.busy),
+                ("router", ROUTER_COUNTERS, route.perf, route.busy)):
             total = Signal(layout, name=f"{name}_total")
             was_busy = Signal(name=f"{name}_was_busy")
             m.d.sync += was_busy.eq(busy)

@@ -14,7 +14,8 @@ from ..formats.buffers import Buffer, buffer_bytes
 from ..formats.instructions import Opcode, bodies
 
 __all__ = ["random_fields", "random_instruction", "random_program", "random_pipeline",
-           "random_linear", "random_expert_loop", "EXPERT_LOOP_FAULTS", "LINEAR_WINDOW"]
+           "random_linear", "random_expert_loop", "random_route", "EXPERT_LOOP_FAULTS",
+           "ROUTE_FAULTS", "LINEAR_WINDOW"]
 
 LINEAR_WINDOW = 1 << 15         # a `random_linear` or `random_expert_loop` program's window: its
                                 # data, then its results
@@ -430,3 +431,89 @@ def expert_ffn_chunk(config, pattern) -> int:
     from ..formats.expert_ffn import chunk_inputs
 
     return chunk_inputs(config, pattern)
+
+
+ROUTE_FAULTS = ("requant", "bias", "logits", "rows")
+
+
+def random_route(rng: random.Random, config, window: int, bad: float = 0.1,
+                 fault: str | None = None) -> tuple[bytes, list]:
+    """A ROUTE program with its data: 2 .. 8 experts, k of them a token, a random mode (group-limited
+    now and then under ``sigmoid_bias``), the logits computed from the tokens' rows in ACT0 and the
+    router weights in ROUTER_WEIGHTS (their requantisations scaled to Q8 logits of a few units) or
+    given in DRAM, selection biases in ROUTER_BIAS. With probability `bad` (or always, when `fault`
+    names one of `ROUTE_FAULTS`) one thing is refused: a requantisation or a bias past its on-chip
+    field, given logits past the window, token rows past ACT0. DISPATCH's counts and queues are
+    stored from ``window // 2`` on. Returns the program and its DRAM patches."""
+    import numpy as np
+
+    from ..formats import records
+    from ..formats import router as router_formats
+    from ..formats.buffers import act_row_bytes
+    from ..formats.numbers import BIAS_BITS, MULT_BITS
+    from ..formats.router import (LOGIT, SELECTION_BIAS, TOKEN_GATE, RouterMode, dispatch_table,
+                                  router_record)
+
+    nrng = np.random.default_rng(rng.randrange(1 << 30))
+    if fault is None and rng.random() < bad:
+        fault = rng.choice(ROUTE_FAULTS)
+    while True:
+        experts = rng.randint(2, min(8, config.max_experts))
+        mode = rng.choice(list(RouterMode))
+        k = 1 if mode is RouterMode.TOP1 else rng.randint(1, min(experts, config.max_k, 4))
+        groups, group_size, topk_groups = 1, 0, 1
+        if mode is RouterMode.SIGMOID_BIAS and experts % 2 == 0 and rng.random() < 0.5:
+            groups = 2
+            group_size, topk_groups = experts // 2, rng.randint(1, 2)
+        tokens = rng.randint(3 if fault == "rows" else 1, min(8, config.max_tokens))
+        compute = fault in ("requant", "rows") or (fault != "logits" and rng.random() < 0.5)
+        d_model = rng.randint(1, min(config.max_d_model, 3 * config.router_lanes))
+        command = {"tokens": tokens, "experts": experts, "k": k, "mode": mode, "groups": groups,
+                   "group_size": group_size, "topk_groups": topk_groups, "compute": int(compute),
+                   "chunks": -(-d_model // config.router_lanes) if compute else 0}
+        if not router_formats.check(config, command):
+            break
+    half = window // 2
+    image = _Data(half)
+    program = isa.Program(config, checked=fault != "rows")      # rows past ACT0: refused
+    loads = []
+    row_words = -(-d_model // config.act_word_bytes)
+    logits_at = 0
+    if compute:
+        x = image.put("x", nrng.integers(-128, 128, tokens * d_model, dtype=np.int8).tobytes())
+        loads.append(dict(buffer=Buffer.ACT0, dram=x, rows=tokens, row_bytes=d_model,
+                          dram_stride=d_model, sram_stride=act_row_bytes(config, d_model)))
+        weights = records.zeros(router_record(config), experts)
+        weights["weights"][:, :d_model] = nrng.integers(-128, 128, (experts, d_model))
+        spread = max(1, d_model) ** 0.5 * 74 * 74          # a dot product's spread
+        weights["requant"]["multiplier"] = nrng.integers(1 << 13, 1 << MULT_BITS, experts)
+        weights["requant"]["shift"] = int(np.log2(spread * (1 << 14) / (4 << 8)))
+        if fault == "requant":
+            weights[rng.randrange(experts)]["requant"]["multiplier"] = 1 << MULT_BITS
+        at = image.put("weights", weights.tobytes())
+        loads.append(dict(buffer=Buffer.ROUTER_WEIGHTS, dram=at, row_bytes=len(weights.tobytes())))
+        if fault == "rows":                 # the last token's row past ACT0's end
+            row_words = config.act_buffer_words // (tokens - 1) + 1
+    else:
+        logits = records.zeros(LOGIT.dram, tokens * experts)
+        logits["value"] = nrng.integers(-(4 << 8), 4 << 8, tokens * experts)
+        logits_at = window - 8 if fault == "logits" else image.put("logits", logits.tobytes())
+    if mode is RouterMode.SIGMOID_BIAS:
+        biases = records.zeros(SELECTION_BIAS.dram, experts)
+        biases["bias"] = nrng.integers(-(1 << 14), 1 << 14, experts)
+        if fault == "bias":
+            biases[rng.randrange(experts)]["bias"] = 1 << (BIAS_BITS - 1)
+        at = image.put("bias", biases.tobytes())
+        loads.append(dict(buffer=Buffer.ROUTER_BIAS, dram=at, row_bytes=len(biases.tobytes())))
+    for n, load in enumerate(loads):
+        program.load(**load, push_next=n == len(loads) - 1)
+    program.add(isa.Opcode.ROUTE, {"command": command, "row_words": row_words,
+                                   "logits": logits_at}, pop_prev=bool(loads), push_next=True)
+    layout = dispatch_table(config)
+    counts_at, queues_at = layout["counts"].offset // 8, layout["queues"].offset // 8
+    queue_bytes = config.dispatch_capacity * TOKEN_GATE.size
+    program.store(Buffer.DISPATCH, dram=half, row_bytes=2 * experts, sram=counts_at,
+                  pop_prev=True)
+    program.store(Buffer.DISPATCH, dram=half + 64, rows=experts, row_bytes=TOKEN_GATE.size * tokens,
+                  dram_stride=TOKEN_GATE.size * tokens, sram=queues_at, sram_stride=queue_bytes)
+    return program.finish().encode(), image.patches

@@ -211,6 +211,51 @@ def expert_loop_cases(config) -> list[dict]:
     return cases
 
 
+ROUTE_CODES = {"requant": "BAD_FIELD", "bias": "BAD_FIELD", "logits": "DMA_WINDOW",
+               "rows": "BAD_FIELD"}
+
+
+def route_cases(config) -> list[dict]:
+    """ROUTE programs with their data (`sim.programs.random_route`): each refusal once."""
+    import random
+
+    from moeaccel.sim.programs import LINEAR_WINDOW, ROUTE_FAULTS, random_route
+
+    assert set(ROUTE_FAULTS) == set(ROUTE_CODES)
+    cases = []
+    for n, fault in enumerate(ROUTE_FAULTS):
+        blob, patches = random_route(random.Random(300 + n), config, LINEAR_WINDOW, bad=0,
+                                     fault=fault)
+        cases.append(_case(f"ROUTE refusing: {fault}", blob, window=LINEAR_WINDOW,
+                           patches=patches))
+    return cases
+
+
+def moe_layer_cases(config, tokens: int = 12) -> list[dict]:
+    """Whole MoE layers as the compiler writes them (`compiler.emit.moe_layer_program`: ROUTE,
+    EXPERT_LOOP, the shared expert's LINEARs and gate, the drain), each bundled tiny model dense and
+    at the configuration's sparsest pattern, on random tokens."""
+    import torch
+
+    from moeaccel.compiler.emit import moe_layer_program
+    from moeaccel.sw.models import TINY_MODELS, build_model
+    from tests.test_moe_program import quantized
+
+    cases = []
+    for name in TINY_MODELS:
+        for pattern in ("dense", str(config.patterns[-1])):
+            layer_q, generator = quantized(build_model(name, seed=3), pattern)
+            x_q = layer_q.quantize_input(torch.randn(tokens, layer_q.spec.d_model,
+                                                     generator=generator))
+            program = moe_layer_program(config, layer_q, tokens, pattern)
+            window = -(-program.window_bytes // 4096) * 4096
+            image = bytearray(window)
+            program.load(image, x_q)
+            cases.append(_case(f"MoE layer {name} {pattern}", program.program.encode(),
+                               window=window, patches=[(0, bytes(image).hex())]))
+    return cases
+
+
 def run_top(config_name: str, parameters: dict):
     return run_cocotb(Accelerator(preset(config_name)), toplevel="accelerator",
                       test_module="moeaccel.sim.tb.top", build_key=config_name,
@@ -218,16 +263,17 @@ def run_top(config_name: str, parameters: dict):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("config_name, random_programs, pipelines, linear, loops",
-                         [("tiny", 60, 20, 40, 30), ("pynq-z2", 20, 10, 15, 10)])
+@pytest.mark.parametrize("config_name, random_programs, pipelines, linear, loops, routes",
+                         [("tiny", 60, 20, 40, 30, 30), ("pynq-z2", 20, 10, 15, 10, 10)])
 def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, pipelines, linear,
-                                                loops, tmp_path):
+                                                loops, routes, tmp_path):
     report = tmp_path / "top.json"
     config = preset(config_name)
     cases = directed(config) + vector_cases(config) + linear_cases(config) + \
-        expert_loop_cases(config)
+        expert_loop_cases(config) + route_cases(config) + moe_layer_cases(config)
     run_top(config_name, {"cases": cases, "random": random_programs, "pipelines": pipelines,
-                          "linear": linear, "expert_loops": loops, "report_file": str(report)})
+                          "linear": linear, "expert_loops": loops, "routes": routes,
+                          "report_file": str(report)})
     runs = {r["name"]: r for r in json.loads(report.read_text())}
     # an abort and the watchdog stop a long transfer at its next row: 64 rows of 16 beats each
     # would take over 1 000 cycles
@@ -252,6 +298,13 @@ def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, pi
     assert all(r["code"] == "NONE" and r["counters"]["top_experts_run"] > 0 for r in larger)
     loops_run = [r for name, r in runs.items() if name.startswith("EXPERT_LOOP ")]
     assert sum(r["code"] == "NONE" for r in loops_run) >= 0.8 * loops
+    for fault, code in ROUTE_CODES.items():
+        assert runs[f"ROUTE refusing: {fault}"]["code"] == code, fault
+    routed = [r for name, r in runs.items() if name.startswith("ROUTE ")]
+    assert sum(r["code"] == "NONE" for r in routed) >= 0.7 * routes
+    layers = {name: r for name, r in runs.items() if name.startswith("MoE layer")}
+    assert layers and all(r["code"] == "NONE" and r["counters"]["top_experts_run"] > 0
+                          for r in layers.values()), layers
     codes = {r["code"] for r in runs.values()}
     assert codes >= {"NONE", "DEADLOCK", "BAD_FIELD", "DMA_WINDOW", "NO_FINISH",
                      "ILLEGAL_OPCODE", "WATCHDOG", "ABORTED"}, codes

@@ -261,11 +261,17 @@ def rules(config, opcode: Opcode, c) -> list:
                      f"its {weight}",
              (c.preloaded == 1) & (size != 0) & (c.sram + size > weight))]
     if opcode is Opcode.ROUTE:
+        word, lanes = config.act_word_bytes, config.router_lanes
         return router.rules(config, c.command) + [
             (lambda: f"rows of {c.row_words} words are narrower than {c.command.chunks} router "
                      f"chunks",
              (c.command.compute != 0)
-             & (c.row_words * config.act_word_bytes < c.command.chunks * config.router_lanes))]
+             & (c.row_words * word < c.command.chunks * lanes)),
+            (lambda: f"{c.command.tokens} token rows of {c.row_words} words run past ACT0's "
+                     f"{config.act_buffer_bytes} bytes",
+             (c.command.compute != 0) & (c.command.tokens != 0)
+             & ((c.command.tokens - 1) * c.row_words * word + c.command.chunks * lanes
+                > config.act_buffer_bytes))]
     if opcode is Opcode.EXPERT_LOOP:
         return [
             (lambda: f"experts={c.experts} (1 .. {config.max_experts})",

@@ -178,3 +178,18 @@ class Pair:
                          else (0, (1 << shape.width) - 1))
             found = found | (field < low) | (field > high)
         return found
+
+    def to_dram(self, config, value):
+        """The DRAM form (bits of `dram`) of the on-chip record `value` (its bits, or a view of
+        `onchip`), each field widened to its DRAM width (sign-extended when signed), reserved bits
+        zero: the hardware writing a record."""
+        onchip = data.View(self.onchip(config), Value.cast(value))
+        shapes = self.onchip_fields(config)
+        parts = []
+        for name, (_, dram) in self.fields.items():
+            field = Value.cast(onchip[name])
+            pad = Shape.cast(dram).width - len(field)
+            signed = not isinstance(shapes[name], data.Layout) and Shape.cast(shapes[name]).signed
+            parts.append(Cat(field, field[-1].replicate(pad) if signed else Const(0, pad)))
+        bits = Cat(*parts)
+        return Cat(bits, Const(0, self.dram.size - len(bits)))

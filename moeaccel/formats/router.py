@@ -69,9 +69,10 @@ ROUTER_COUNTERS = data.StructLayout({
 def router_command(config) -> data.StructLayout:
     """A routing run: ``tokens`` tokens of ``experts`` logits each, ``k`` chosen per token; under
     ``sigmoid_bias``, selection limited to the best ``topk_groups`` of ``groups`` groups of
-    ``group_size`` consecutive experts (``groups == 1``: no limit). The dispatch table's counts are
-    cleared first. ``compute``: the logits come from the router's own GEMM over tokens of ``chunks``
-    words (`router_token`) and the loaded router weights, instead of the `logits` stream."""
+    ``group_size`` consecutive experts (``groups == 1``: no limit). The dispatch table's counts of
+    the first ``experts`` are cleared first. ``compute``: the logits come from the router's own
+    GEMM over tokens of ``chunks`` words (`router_token`) and the loaded router weights, instead of
+    the `logits` stream."""
     return data.StructLayout({
         "tokens": unsigned(count_bits(config.max_tokens)),
         "experts": unsigned(count_bits(config.max_experts)),
@@ -111,12 +112,15 @@ def bias_write(config) -> data.StructLayout:
 
 def router_record(config) -> data.StructLayout:
     """ROUTER_WEIGHTS: expert e's record at byte ``e x`` its size: its ``router_chunks x
-    router_lanes`` int8 weights (zero-padded), its logit's requantisation (int32 accumulator to Q8,
-    `epilogue.REQUANT`), a reserved byte."""
+    router_lanes`` int8 weights (zero-padded), then its logit's requantisation (int32 accumulator to
+    Q8, `epilogue.REQUANT`) in a word of ``router_lanes`` bytes of its own (reserved bytes after
+    it), so the router reads a word of weights, or the requantisation, an access."""
+    lanes = config.router_lanes
+    word = max(lanes, -(-REQUANT.size // lanes) * lanes)
     return data.StructLayout({
-        "weights": data.ArrayLayout(signed(8), config.router_chunks * config.router_lanes),
+        "weights": data.ArrayLayout(signed(8), config.router_chunks * lanes),
         "requant": REQUANT.dram,
-        "reserved": unsigned(8),
+        "reserved": unsigned(8 * (word - REQUANT.size)) if word > REQUANT.size else unsigned(0),
     })
 
 

@@ -19,7 +19,8 @@ the window);
 ``random`` (that many random programs, `sim.programs.random_program`, on built opcodes, serialised);
 ``pipelines`` (that many `sim.programs.random_pipeline` programs, run in parallel);
 ``linear`` (that many `sim.programs.random_linear` programs with their data); ``expert_loops``
-(that many `sim.programs.random_expert_loop` programs);
+(that many `sim.programs.random_expert_loop` programs); ``routes`` (that many
+`sim.programs.random_route` programs);
 ``pause``; ``report_file``.
 """
 
@@ -44,7 +45,7 @@ from ...host.emulator import Emulator
 from ...isa import DecodeError, Program, decode
 from ..harness import check_cases, pause_axi, reset, start_clock, tb_params
 from ..programs import (LINEAR_WINDOW, random_expert_loop, random_linear, random_pipeline,
-                        random_program)
+                        random_program, random_route)
 
 CLOCK_NS = 10
 PROGRAM_BASE = 0x1000
@@ -52,7 +53,7 @@ WINDOW_BASE = 0x8000
 GUARD_BYTES = 0x1000            # after the window
 NONE_INDEX = 0xFFFF_FFFF        # failed_instruction when no instruction is to blame
 BUILT = (Opcode.LOAD, Opcode.STORE, Opcode.LOAD, Opcode.STORE, Opcode.NOP, Opcode.SYNC,
-         Opcode.FINISH, Opcode.VECTOR, Opcode.LINEAR, Opcode.EXPERT_LOOP)
+         Opcode.FINISH, Opcode.VECTOR, Opcode.LINEAR, Opcode.EXPERT_LOOP, Opcode.ROUTE)
 
 
 class TopTB:
@@ -213,7 +214,7 @@ class TopTB:
         irq_status = await self.read("irq_status")
         counters = {name: await self.read(name) for name in self.map
                     if name.startswith(("top_", "load_dma_", "store_dma_", "vector_",
-                                        "expert_ffn_"))}
+                                        "expert_ffn_", "router_"))}
         await self.write("irq_status", 0b11)
         await RisingEdge(dut.clk)
         await ReadOnly()
@@ -305,7 +306,8 @@ async def programs_match_the_emulator(dut):
     cases = list(params.get("cases", []))
     largest = max([c["window"] for c in cases] + [RANDOM_WINDOW]
                   + [PIPELINE_WINDOW] * bool(params.get("pipelines"))
-                  + [LINEAR_WINDOW] * bool(params.get("linear") or params.get("expert_loops")))
+                  + [LINEAR_WINDOW] * bool(params.get("linear") or params.get("expert_loops")
+                                           or params.get("routes")))
     tb = TopTB(dut, config, rng, params.get("pause", 0.2),
                ram_bytes=WINDOW_BASE + largest + GUARD_BYTES)
     await tb.start()
@@ -322,6 +324,11 @@ async def programs_match_the_emulator(dut):
     for n in range(params.get("expert_loops", 0)):
         blob, patches = random_expert_loop(rng_loops, config, LINEAR_WINDOW)
         cases.append({"name": f"EXPERT_LOOP {n}", "program": blob.hex(), "window": LINEAR_WINDOW,
+                      "fill": n, "patches": patches})
+    rng_routes = random.Random(params.get("seed", 13) + 4)
+    for n in range(params.get("routes", 0)):
+        blob, patches = random_route(rng_routes, config, LINEAR_WINDOW)
+        cases.append({"name": f"ROUTE {n}", "program": blob.hex(), "window": LINEAR_WINDOW,
                       "fill": n, "patches": patches})
     rng_pipelines = random.Random(params.get("seed", 13) + 1)
     for n in range(params.get("pipelines", 0)):
