@@ -165,14 +165,19 @@ class Buffers(wiring.Component):
                 write_port = mem.write_port(granularity=8)
                 read_port = mem.read_port()
                 slot = write.p.addr[:lg] if lg else 0
-                # a read port's `en` starts at 1: no read, and the word read last stays
-                m.d.comb += [write_port.addr.eq(address), read_port.addr.eq(address),
-                             read_port.en.eq(0),
+                # the port reads every cycle (a block RAM's read register, nothing beside it);
+                # with no access it reads the word read last again, so a direct reader's word stays
+                # (as long as nothing writes this side of the memory, which the compute units never
+                # do while they read)
+                last = Signal.like(address, name=f"{name}_{side}_last")
+                m.d.comb += [address.eq(last), write_port.addr.eq(address),
+                             read_port.addr.eq(address),
                              write_port.data.eq(write.p.data.replicate(ratio))]
                 for read, data in reversed(readers):
                     taken = read.valid & read.ready & (read.p.buffer == buffer)
                     with m.If(taken):
-                        m.d.comb += [address.eq(read.p.addr >> lg), read_port.en.eq(1)]
+                        m.d.comb += address.eq(read.p.addr >> lg)
+                        m.d.sync += last.eq(read.p.addr >> lg)
                     with m.If(read_buffers[read] == buffer):
                         m.d.comb += data.eq(read_port.data.word_select(
                             read_words[read][:lg], 8 * width) if lg else read_port.data)
@@ -189,7 +194,8 @@ class Buffers(wiring.Component):
                     if kind == "read":
                         m.d.comb += port.data.eq(read_port.data)
                         with m.If(port.en):
-                            m.d.comb += [address.eq(port.addr), read_port.en.eq(1)]
+                            m.d.comb += address.eq(port.addr)
+                            m.d.sync += last.eq(port.addr)
                     else:
                         with m.If(port.en.any()):
                             m.d.comb += [address.eq(port.addr), write_port.en.eq(port.en),

@@ -6,11 +6,11 @@ Per lane: ``sum = acc + bias`` (exact, 33 bits), ``product = sum * multiplier``,
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..cycles import EPILOGUE_LATENCY
-from ..formats.epilogue import (ACTIVATION_TABLE, IDENTITY_TABLE, TABLE_ENTRIES, TABLE_WRITE,
+from ..formats.epilogue import (ACTIVATION_TABLE, IDENTITY_TABLE, TABLE_ENTRIES, table_word_write,
                                epilogue_in, epilogue_out)
 from ..sw import numerics as nx
 from .arith import round_shift_saturate
@@ -38,16 +38,19 @@ class Epilogue(wiring.Component):
 
     LATENCY = EPILOGUE_LATENCY       # `moeaccel.cycles` builds the engine's formula on it
 
-    def __init__(self, lanes: int, tag_bits: int = 0):
+    def __init__(self, lanes: int, tag_bits: int = 0, table_entries: int = 1):
+        """`table_entries`: the table is written that many entries at a time
+        (`formats.epilogue.table_word_write`)."""
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"Epilogue lanes must be a positive integer, not {lanes!r}")
         if not isinstance(tag_bits, int) or tag_bits < 0:
             raise ValueError(f"Epilogue tag_bits must be a non-negative integer, not {tag_bits!r}")
-        self.lanes, self.tag_bits = lanes, tag_bits
+        self.lanes, self.tag_bits, self.table_entries = lanes, tag_bits, table_entries
         super().__init__({
             "i": In(stream.Signature(epilogue_in(lanes, tag_bits))),
             "o": Out(stream.Signature(epilogue_out(lanes, tag_bits))),
-            "table_write": In(stream.Signature(TABLE_WRITE, always_ready=True)),
+            "table_write": In(stream.Signature(table_word_write(table_entries),
+                                               always_ready=True)),
         })
 
     def elaborate(self, platform):
@@ -58,12 +61,19 @@ class Epilogue(wiring.Component):
         m.d.comb += advance.eq(~self.o.valid | self.o.ready)
         m.d.comb += self.i.ready.eq(advance)
 
+        # the table, `table_entries` entries a word (a lane reads a word and picks its entry)
+        entries = self.table_entries
+        lg = (entries - 1).bit_length()
         m.submodules.table = table = memory.Memory(
-            shape=ACTIVATION_TABLE.elem_shape, depth=TABLE_ENTRIES, init=IDENTITY_TABLE)
+            shape=data.ArrayLayout(ACTIVATION_TABLE.elem_shape, entries),
+            depth=TABLE_ENTRIES // entries,
+            init=[IDENTITY_TABLE[word * entries:(word + 1) * entries]
+                  for word in range(TABLE_ENTRIES // entries)])
         table_write = table.write_port()
         m.d.comb += [
             table_write.addr.eq(self.table_write.p.index),
-            table_write.data.eq(self.table_write.p.value),
+            table_write.data.eq(self.table_write.p.value if entries == 1
+                                else self.table_write.p.values),
             table_write.en.eq(self.table_write.valid),
         ]
 
@@ -107,9 +117,16 @@ class Epilogue(wiring.Component):
             m.d.comb += saturated.eq(round_shift_saturate(product, shift2, nx.SHIFT_MAX))
             # each lane reads its own port of the one table
             lane_table = table.read_port(transparent_for=())
+            entry = Signal(8, name=f"entry{lane}")
+            slot = Signal(max(1, lg), name=f"slot{lane}")
             m.d.comb += [
-                lane_table.addr.eq(saturated + 128),
+                entry.eq(saturated + 128),
+                lane_table.addr.eq(entry >> lg),
                 lane_table.en.eq(advance),
-                self.o.p.values[lane].eq(Mux(apply3, lane_table.data, requantised)),
+                self.o.p.values[lane].eq(Mux(apply3, lane_table.data[slot] if lg
+                                             else lane_table.data[0], requantised)),
             ]
+            if lg:
+                with m.If(advance):
+                    m.d.sync += slot.eq(entry[:lg])
         return m

@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out, flipped
 
 from ..config import AccelConfig
 from ..formats import expert_ffn
-from ..formats.epilogue import CHANNEL_PARAMS, TABLE_WRITE
+from ..formats.epilogue import CHANNEL_PARAMS, table_word_write
 from ..formats.expert_ffn import (EXPERT_FFN_COUNTERS, act_write, ffn_command, ffn_out, ffn_tag,
                                   gates_write, params_write)
 from ..formats.router import TOKEN_GATE
@@ -109,7 +109,7 @@ class FFNEngine(wiring.Component):
         buffer)
     act_write, params_write, table_write, gates_write : fill the activation buffers, the
         per-channel epilogue parameters, the activation table and the gate table; accepted while
-        idle (a shared engine has only ``table_write``)
+        idle (a shared engine has only ``table_write``, a bus word of table entries a write)
     act_read0 ... accumulator_write : a shared engine's memory ports (`memory_ports`), each read
         answered the cycle after its ``en``
     gather : with a command: the pass reads token i's activation row from the row the gate
@@ -131,12 +131,14 @@ class FFNEngine(wiring.Component):
                              f"pairs gate and up channels in one tile), not {config.mac_rows}")
         self.config = config
         self.shared = shared
+        # a shared engine's table is written a bus word of entries at a time
+        self.table_entries = config.axi_data_bytes if shared else 1
         self.tag_layout = ffn_tag(config)
         ports = {
             "cmd": In(stream.Signature(ffn_command(config))),
             "weights": In(stream.Signature(unsigned(config.axi_data_width))),
             "o": Out(stream.Signature(ffn_out(config))),
-            "table_write": In(stream.Signature(TABLE_WRITE)),
+            "table_write": In(stream.Signature(table_word_write(self.table_entries))),
             "gather": In(1),
             "busy": Out(1),
             "error": Out(1),
@@ -158,7 +160,7 @@ class FFNEngine(wiring.Component):
         config = self.config
         tag_bits = self.tag_layout.size
         m.submodules.mac = mac = MacArray(config, tag_bits)
-        m.submodules.epilogue = epilogue = Epilogue(config.mac_rows, tag_bits)
+        m.submodules.epilogue = epilogue = Epilogue(config.mac_rows, tag_bits, self.table_entries)
         m.submodules.weight_loader = loader = WeightLoader(config)
         memories = self._memories(m)
         run = _Pass(config, self.tag_layout)

@@ -15,7 +15,7 @@ shared) on the top's buffers, as the emulator's LINEAR and EXPERT_LOOP read and 
   nothing.
 * **The activation table.** The epilogue keeps its own copy of TABLE (it reads ``mac_rows`` entries
   a cycle). A write into TABLE (a LOAD's, ``table_written``, or an expert's) marks the copy stale;
-  the next pass that applies the table copies TABLE into the epilogue first, an entry a cycle.
+  the next pass that applies the table copies TABLE into the epilogue first, a bus word a cycle.
 * **Weights.** Streamed from DRAM by a DMA engine of the port's own (`Dma(to_unit=True)`), or
   (``preloaded``) read from WEIGHT at byte ``sram`` through the unit-side reader, a bus word a
   request, into the engine's weight loader.
@@ -31,7 +31,7 @@ shared) on the top's buffers, as the emulator's LINEAR and EXPERT_LOOP read and 
 instruction has ended; ``error`` then says how.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Const, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -323,11 +323,14 @@ class FFNPort(wiring.Component):
                              dram.sram_write.ready.eq(engine.weights.ready)]
 
         # -- the table copy: a bus word read, then its entries one a cycle
-        table_bytes = Signal(8 * bus)
-        table_entry = Signal(range(bus))
-        m.d.comb += [engine.table_write.p.index.eq(Cat(table_entry, table_word[:8 - lg_bus])
-                                                   if lg_bus else table_word),
-                     engine.table_write.p.value.eq(table_bytes.word_select(table_entry, 8))]
+        # -- the table copy: a bus word of entries a cycle, each written as it is read
+        table_pending = Signal()
+        table_pending_word = Signal.like(table_word)
+        table_taken = self.read.valid & self.read.ready & table_read
+        m.d.sync += [table_pending.eq(table_taken), table_pending_word.eq(table_word)]
+        m.d.comb += [engine.table_write.valid.eq(table_pending),
+                     engine.table_write.p.index.eq(table_pending_word),
+                     engine.table_write.p.values.eq(self.read_data)]
 
         # -- a pass: its checks, the table copy, then the engine
         request = Signal(linear_body(config))
@@ -377,25 +380,15 @@ class FFNPort(wiring.Component):
                     m.next = "END"
                 with m.Elif(c.activation & ~c.drain & stale):
                     m.d.sync += [table_word.eq(0), stale.eq(0)]
-                    m.next = "TABLE_READ"
+                    m.next = "TABLE_COPY"
                 with m.Else():
                     m.next = "START"
-            with m.State("TABLE_READ"):
-                m.d.comb += table_read.eq(1)
-                with m.If(self.read.ready):
-                    m.next = "TABLE_TAKE"
-            with m.State("TABLE_TAKE"):
-                m.d.sync += [table_bytes.eq(self.read_data), table_entry.eq(0)]
-                m.next = "TABLE_WRITE"
-            with m.State("TABLE_WRITE"):
-                m.d.comb += engine.table_write.valid.eq(1)
-                m.d.sync += table_entry.eq(table_entry + 1)
-                with m.If(table_entry == bus - 1):
+            with m.State("TABLE_COPY"):
+                m.d.comb += table_read.eq(table_word != TABLE_ENTRIES // bus)
+                with m.If(table_taken):
                     m.d.sync += table_word.eq(table_word + 1)
-                    with m.If(table_word == TABLE_ENTRIES // bus - 1):
-                        m.next = "START"
-                    with m.Else():
-                        m.next = "TABLE_READ"
+                with m.If((table_word == TABLE_ENTRIES // bus) & ~table_pending):
+                    m.next = "START"
             with m.State("START"):
                 m.d.comb += [engine.cmd.valid.eq(1), starting.eq(1)]
                 m.d.sync += running.eq(1)

@@ -8,6 +8,10 @@ and reports the engine's cycle counters against the ideal of ``MACs / MAC units`
 checks it bit for bit, and reports its cycles against the ideal of ``rows x width / vector_lanes``
 and the cycle model.
 
+``moe-layer`` runs a whole MoE layer as the compiler writes it on the accelerator top, checks it
+byte for byte against the emulator (and the emulator against the golden model), and reports the
+top's cycles against the emulator's model.
+
 ``figures`` re-measures every figure the docs quote, recorded in ``docs/figures.json`` (one entry
 per measurement: the bench, its arguments, the values), and fails on any difference (`make bench`).
 """
@@ -29,7 +33,7 @@ from .formats.vector import VectorOp
 from .sw.inputs import ATTENTION_INPUT_KINDS
 
 __all__ = ["SimulationFailed", "bench_expert_ffn", "bench_router", "bench_attention",
-           "bench_vector", "VECTOR_OPS", "rope_head_dim", "sweep",
+           "bench_vector", "bench_moe_layer", "VECTOR_OPS", "rope_head_dim", "sweep",
            "sweep_table", "measure_figure", "figure_differences", "figure_command", "check_figures",
            "add_arguments"]
 
@@ -223,6 +227,65 @@ def bench_vector(op: str, rows: int, width: int, head_dim: int | None = None,
             "bit_exact": not report["mismatches"]}
 
 
+def bench_moe_layer(model: str = "tiny-mixtral", tokens: int = 16, sparsity: str = "dense",
+                    config_name: str = "tiny", seed: int = 3) -> dict:
+    """One MoE layer as the compiler writes it (`compiler.emit.moe_layer_program`: ROUTE,
+    EXPERT_LOOP, the shared expert, the drain) on the accelerator top in Verilator: a bundled model
+    (`sw.models.TINY_MODELS`, seeded, its experts pruned to `sparsity` and quantised) on `tokens`
+    random tokens. The top's DRAM window must end as the emulator's, and the emulator's result be
+    `QuantizedMoE`'s; reports the top's cycles against the emulator's model and against the cycles
+    the Expert-FFN engine's MAC array takes words (its ideal: every weight word a cycle)."""
+    import torch
+
+    from .compiler.emit import moe_layer_program
+    from .host.emulator import Emulator
+    from .hw.top import Accelerator
+    from .sim.harness import run_cocotb
+    from .sw.models import build_model
+    from .sw.quantized import quantize_pruned
+
+    config = preset(config_name)
+    layer_q, generator = quantize_pruned(build_model(model, seed=seed), sparsity)
+    x_q = layer_q.quantize_input(torch.randn(tokens, layer_q.spec.d_model, generator=generator))
+    program = moe_layer_program(config, layer_q, tokens, sparsity)
+    window = -(-program.window_bytes // 4096) * 4096
+    image = bytearray(window)
+    program.load(image, x_q)
+    emulator = Emulator(config, window)
+    emulator.dram[:] = image
+    golden = emulator.run(program.program.encode())
+    exact = golden.ok and torch.equal(program.result(emulator.dram), layer_q(x_q))
+    name = f"{model} T={tokens} {sparsity}"
+    case = {"name": name, "program": program.program.encode().hex(), "window": window,
+            "patches": [(0, bytes(image).hex())]}
+    with tempfile.TemporaryDirectory() as scratch:
+        report_file, log_file = Path(scratch) / "report.json", Path(scratch) / "sim.log"
+        print(f"simulating the {name} layer on the {config_name} top ...", file=sys.stderr,
+              flush=True)
+        try:
+            run_cocotb(Accelerator(config), toplevel="accelerator",
+                       test_module="moeaccel.sim.tb.top", build_key=config_name, timeout_s=3600,
+                       log_file=log_file, parameters={"config": config_name, "cases": [case],
+                                                      "pause": 0,
+                                                      "report_file": str(report_file)})
+        except AssertionError as failure:
+            if log_file.exists():
+                print(log_file.read_text()[-4000:], file=sys.stderr)
+            raise SimulationFailed(f"the {name} layer on {config_name}: {failure}") from None
+        (report,) = json.loads(report_file.read_text())
+    counters = report["counters"]
+    return {
+        "bit_exact": bool(exact and not report["mismatches"] and report["code"] == "NONE"),
+        "cycles": report["cycles"],
+        "model_cycles": report["model_cycles"],
+        "array_cycles": counters["expert_ffn_mac_cycles"],
+        "router_cycles": counters["router_busy_cycles"],
+        "experts_run": counters["top_experts_run"],
+        "experts_skipped": counters["top_experts_skipped"],
+        "instructions": len(program.program),
+    }
+
+
 def _check_shape(config, tokens, d_model, d_ff, pattern, activation):
     """Plan the expert's passes (raises `ShapeError` naming what does not fit)."""
     from .compiler.plan import plan_pass
@@ -280,7 +343,7 @@ def sweep(out: Path, config_name: str = "pynq-z2") -> list[dict]:
 # -- the docs' figures: one home, re-measured by `moeaccel bench figures` ------------------------
 
 BENCHES = {"expert-ffn": bench_expert_ffn, "router": bench_router, "attention": bench_attention,
-           "vector": bench_vector}
+           "vector": bench_vector, "moe-layer": bench_moe_layer}
 
 
 def measure_figure(entry: dict) -> dict:
@@ -397,6 +460,16 @@ def add_arguments(commands) -> None:
     vector.add_argument("--seed", type=int, default=0)
     vector.add_argument("--json", action="store_true", help="one JSON object on stdout")
     vector.set_defaults(run=_run_vector)
+    layer = blocks.add_parser("moe-layer", help="a whole MoE layer on the accelerator top")
+    layer.add_argument("--model", default="tiny-mixtral", help="a bundled model (default "
+                       "tiny-mixtral)")
+    layer.add_argument("--tokens", type=int, default=16)
+    layer.add_argument("--sparsity", default="dense", help="N:M or dense (default)")
+    layer.add_argument("--config", default="tiny", help="preset (default tiny)")
+    layer.add_argument("--seed", type=int, default=3)
+    layer.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    layer.set_defaults(run=lambda args: _print(bench_moe_layer(
+        args.model, args.tokens, args.sparsity, args.config, args.seed), args.json))
     table = blocks.add_parser("sweep", help="a sweep of expert shapes, written as a table")
     table.add_argument("--out", type=Path, default=Path("build/bench/expert_ffn.md"))
     table.add_argument("--config", default="pynq-z2")

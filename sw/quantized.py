@@ -17,7 +17,7 @@ from .reference import Expert, MoELayer, MoESpec
 from .router import QuantizedRouter, Routing, dispatch_table
 
 __all__ = ["quantize_tensor", "dequantize", "QuantizedLinear", "swiglu_hidden", "QuantizedExpert",
-           "QuantizedMoE"]
+           "QuantizedMoE", "quantize_pruned"]
 
 
 def _scale_of(values: torch.Tensor, dim=None) -> torch.Tensor:
@@ -254,3 +254,23 @@ class QuantizedMoE:
     def run_float(self, x: torch.Tensor) -> torch.Tensor:
         """Quantise float tokens, run the integer layer, dequantise the result."""
         return self.dequantize_output(self.forward(self.quantize_input(x)))
+
+
+def quantize_pruned(layer: MoELayer, pattern="dense", seed: int = 1,
+                    calibration_tokens: int = 256) -> tuple["QuantizedMoE", torch.Generator]:
+    """`layer`'s experts (and shared expert) pruned to `pattern` in place (a `SparsityPattern` or
+    its name; the router and the shared expert's gate stay dense), then quantised on
+    `calibration_tokens` random tokens; the generator, seeded with `seed`, goes on to draw inputs."""
+    from ..config import SparsityPattern
+    from .sparsity import prune
+
+    pattern = SparsityPattern.parse(pattern) if isinstance(pattern, str) else pattern
+    with torch.no_grad():
+        for module in layer.modules():
+            if isinstance(module, torch.nn.Linear) and module is not layer.router \
+                    and module is not layer.shared_gate:
+                module.weight.copy_(prune(module.weight, pattern))
+    generator = torch.Generator().manual_seed(seed)
+    layer_q = QuantizedMoE.from_float(layer, torch.randn(calibration_tokens, layer.spec.d_model,
+                                                         generator=generator))
+    return layer_q, generator

@@ -8,30 +8,20 @@ import pytest
 import torch
 
 from moeaccel import isa
-from moeaccel.config import SparsityPattern, preset
+from moeaccel.config import preset
 from moeaccel.host.emulator import SCHEDULES, Emulator
 from moeaccel.compiler.emit import moe_layer_program
 from moeaccel.isa import ErrorCode, Opcode
 from moeaccel.sw import numerics as nx
 from moeaccel.sw.models import TINY_MODELS, build_model
-from moeaccel.sw.quantized import QuantizedMoE
+from moeaccel.sw.quantized import QuantizedMoE, quantize_pruned
 from moeaccel.sw.reference import MoELayer, MoESpec
-from moeaccel.sw.sparsity import prune
 
 CONFIG = preset("tiny")
 
 
 def quantized(layer: MoELayer, pattern: str = "dense", seed: int = 1):
-    pattern = SparsityPattern.parse(pattern)
-    with torch.no_grad():
-        for module in layer.modules():
-            if isinstance(module, torch.nn.Linear) and module is not layer.router \
-                    and module is not layer.shared_gate:
-                module.weight.copy_(prune(module.weight, pattern))
-    generator = torch.Generator().manual_seed(seed)
-    layer_q = QuantizedMoE.from_float(layer, torch.randn(256, layer.spec.d_model,
-                                                         generator=generator))
-    return layer_q, generator
+    return quantize_pruned(layer, pattern, seed)
 
 
 def run(program, x_q, schedule="parallel", seed=0, logits=None, config=CONFIG):

@@ -239,12 +239,12 @@ def moe_layer_cases(config, tokens: int = 12) -> list[dict]:
 
     from moeaccel.compiler.emit import moe_layer_program
     from moeaccel.sw.models import TINY_MODELS, build_model
-    from tests.test_moe_program import quantized
+    from moeaccel.sw.quantized import quantize_pruned
 
     cases = []
     for name in TINY_MODELS:
         for pattern in ("dense", str(config.patterns[-1])):
-            layer_q, generator = quantized(build_model(name, seed=3), pattern)
+            layer_q, generator = quantize_pruned(build_model(name, seed=3), pattern)
             x_q = layer_q.quantize_input(torch.randn(tokens, layer_q.spec.d_model,
                                                      generator=generator))
             program = moe_layer_program(config, layer_q, tokens, pattern)

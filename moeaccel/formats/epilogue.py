@@ -10,7 +10,7 @@ from .numbers import INT8_MAX, INT8_MIN, MULT_BITS, SHIFT_BITS
 from .records import Pair
 
 __all__ = ["REQUANT", "CHANNEL_PARAMS", "EPILOGUE_LANE", "TABLE_ENTRIES", "ACTIVATION_TABLE", "TABLE_WRITE",
-           "epilogue_in", "epilogue_out", "IDENTITY_TABLE"]
+           "table_word_write", "epilogue_in", "epilogue_out", "IDENTITY_TABLE"]
 
 # A requantisation by multiplier and shift (`sw.numerics.requantize`): a 15-bit multiplier and a 6-bit
 # shift on chip, a uint16 and a uint8 in DRAM.
@@ -44,6 +44,20 @@ TABLE_WRITE = data.StructLayout({
     "index": unsigned(8),
     "value": signed(8),
 })
+
+
+def table_word_write(entries: int) -> data.StructLayout:
+    """`entries` consecutive entries of the table written at once (a power of two): word `index`
+    holds entries ``index x entries ..``; with one entry, `TABLE_WRITE`."""
+    if entries == 1:
+        return TABLE_WRITE
+    if entries & (entries - 1) or not 1 < entries <= TABLE_ENTRIES:
+        raise ValueError(f"a table word holds a power of two of entries up to {TABLE_ENTRIES}, "
+                         f"not {entries}")
+    return data.StructLayout({
+        "index": unsigned((TABLE_ENTRIES // entries - 1).bit_length() or 1),
+        "values": data.ArrayLayout(signed(8), entries),
+    })
 
 
 def epilogue_in(lanes: int, tag_bits: int = 0) -> data.StructLayout:
