@@ -183,6 +183,30 @@ def test_vector_doc_quotes_the_recorded_figures():
             f"({rmsnorm['ideal_cycles'] / rmsnorm['cycles']:.3f} of the ideal)" in _prose(README))
 
 
+MOE_LAYER_FIGURES = ("moe-layer tiny-mixtral T=16 dense", "moe-layer tiny-mixtral T=16 4:8",
+                     "moe-layer tiny-deepseek-v3 T=16 dense")
+
+
+def test_top_doc_quotes_the_recorded_layer_figures():
+    header = ("| layer | cycles | emulator's model | MAC array | array / cycles | router | "
+              "experts run, skipped |")
+    expected = []
+    for name in MOE_LAYER_FIGURES:
+        m = _measured(name)
+        expected.append(f"| {name.removeprefix('moe-layer ')} | {_grouped(m['cycles'])} | "
+                        f"{_grouped(m['model_cycles'])} | {_grouped(m['array_cycles'])} | "
+                        f"{m['array_cycles'] / m['cycles']:.3f} | {_grouped(m['router_cycles'])} "
+                        f"| {m['experts_run']}, {m['experts_skipped']} |")
+    doc = DOCS / "top.md"
+    assert _table_rows(doc, header) == expected
+    mixtral = _measured(MOE_LAYER_FIGURES[0])
+    prose = _prose(doc)
+    assert (f"The model counts {_grouped(mixtral['model_cycles'])} cycles of the Mixtral layer's "
+            f"{_grouped(mixtral['cycles'])}") in prose
+    assert (f"the array works {mixtral['array_cycles'] / mixtral['cycles']:.3f} of the layer's "
+            f"cycles") in prose
+
+
 def test_every_recorded_figure_is_quoted_by_a_docs_check():
     """Each entry of the record is one the checks above read (none is recorded and unquoted)."""
     read = {f"expert-ffn T={t} D={d} F={f} {a} {s}" for t, d, f, s, a in SWEEP}
@@ -191,7 +215,7 @@ def test_every_recorded_figure_is_quoted_by_a_docs_check():
              "router T=256 E=64 k=8 softmax_topk, GEMM D=256",
              "attention L=128 H=8 D=64", "attention L=512 H=8 D=64", "attention L=1024 H=8 D=64",
              "attention L=512 H=8/2 D=64 causal"}
-    read |= set(VECTOR_FIGURES.values())
+    read |= set(VECTOR_FIGURES.values()) | set(MOE_LAYER_FIGURES)
     assert {entry["name"] for entry in load_figures()["cycles"]} == read
 
 
@@ -233,7 +257,8 @@ HEADLINE = ["expert-ffn T=128 D=256 F=512 swiglu dense", "expert-ffn T=128 D=256
             "expert-ffn T=32 D=256 F=512 swiglu dense",
             "router T=256 E=64 k=8 softmax_topk, logits streamed",
             "router T=256 E=64 k=8 softmax_topk, GEMM D=256", "attention L=512 H=8 D=64",
-            "vector rmsnorm R=128 W=1024", "vector add R=128 W=1024"]
+            "vector rmsnorm R=128 W=1024", "vector add R=128 W=1024",
+            "moe-layer tiny-mixtral T=16 dense"]
 
 
 @pytest.mark.slow
