@@ -227,27 +227,41 @@ def bench_vector(op: str, rows: int, width: int, head_dim: int | None = None,
             "bit_exact": not report["mismatches"]}
 
 
-def bench_moe_layer(model: str = "tiny-mixtral", tokens: int = 16, sparsity: str = "dense",
-                    config_name: str = "tiny", seed: int = 3) -> dict:
+def bench_moe_layer(model: str | None = None, tokens: int = 16, sparsity: str = "dense",
+                    config_name: str = "tiny", seed: int = 3, d_model: int = 256, d_ff: int = 512,
+                    experts: int = 8, k: int = 2, prefetch: bool = True) -> dict:
     """One MoE layer as the compiler writes it (`compiler.emit.moe_layer_program`: ROUTE,
     EXPERT_LOOP, the shared expert, the drain) on the accelerator top in Verilator: a bundled model
-    (`sw.models.TINY_MODELS`, seeded, its experts pruned to `sparsity` and quantised) on `tokens`
-    random tokens. The top's DRAM window must end as the emulator's, and the emulator's result be
-    `QuantizedMoE`'s; reports the top's cycles against the emulator's model and against the cycles
-    the Expert-FFN engine's MAC array takes words (its ideal: every weight word a cycle)."""
+    (`model`, one of `sw.models.TINY_MODELS`), or a seeded random SwiGLU layer of `d_model`,
+    `d_ff`, `experts` and `k`; its experts pruned to `sparsity` and quantised; on `tokens` random
+    tokens. The top's DRAM window must end as the emulator's, and the emulator's result be
+    `QuantizedMoE`'s. Reports the top's cycles beside the emulator's model, and the ideals of the
+    active experts: their MACs (kept weights) over the MAC array's ``mac_rows x mac_cols`` lanes,
+    their packed weight bytes over the bus's bytes a cycle."""
     import torch
 
     from .compiler.emit import moe_layer_program
+    from .formats import expert_ffn
+    from .formats.instructions import expert_loop_commands
     from .host.emulator import Emulator
+    from .host.units import expert_tokens
     from .hw.top import Accelerator
     from .sim.harness import run_cocotb
     from .sw.models import build_model
     from .sw.quantized import quantize_pruned
+    from .sw.reference import MoELayer, MoESpec
 
     config = preset(config_name)
-    layer_q, generator = quantize_pruned(build_model(model, seed=seed), sparsity)
-    x_q = layer_q.quantize_input(torch.randn(tokens, layer_q.spec.d_model, generator=generator))
-    program = moe_layer_program(config, layer_q, tokens, sparsity)
+    pattern = SparsityPattern.parse(sparsity)
+    if model is not None:
+        layer = build_model(model, seed=seed)
+    else:
+        torch.manual_seed(seed)
+        layer = MoELayer(MoESpec(d_model=d_model, d_ff=d_ff, n_experts=experts, k=k)).eval()
+    layer_q, generator = quantize_pruned(layer, pattern, seed)
+    spec = layer_q.spec
+    x_q = layer_q.quantize_input(torch.randn(tokens, spec.d_model, generator=generator))
+    program = moe_layer_program(config, layer_q, tokens, pattern, prefetch=prefetch)
     window = -(-program.window_bytes // 4096) * 4096
     image = bytearray(window)
     program.load(image, x_q)
@@ -255,12 +269,26 @@ def bench_moe_layer(model: str = "tiny-mixtral", tokens: int = 16, sparsity: str
     emulator.dram[:] = image
     golden = emulator.run(program.program.encode())
     exact = golden.ok and torch.equal(program.result(emulator.dram), layer_q(x_q))
-    name = f"{model} T={tokens} {sparsity}"
+    # the ideals of the experts with tokens (the shared expert's passes are not counted)
+    lanes = config.mac_rows * config.mac_cols
+    body = {"d_model": spec.d_model, "d_ff": spec.d_ff, "pattern": config.patterns.index(pattern),
+            "swiglu": int(spec.activation == "swiglu")}
+    macs = weight_bytes = 0
+    for count in expert_tokens(config, emulator.memory)[:spec.n_experts]:
+        if count:
+            for command in expert_loop_commands(config, body, count):
+                rows = command["tiles"] * config.mac_rows
+                inputs = command["chunks"] * expert_ffn.chunk_inputs(config, pattern)
+                macs += count * rows * inputs * pattern.n // pattern.m
+                weight_bytes += expert_ffn.weight_bytes(config, command)
+    name = (f"{model} " if model else f"D={spec.d_model} F={spec.d_ff} E={spec.n_experts} "
+            f"k={spec.k} ") + f"T={tokens} {sparsity}"
     case = {"name": name, "program": program.program.encode().hex(), "window": window,
-            "patches": [(0, bytes(image).hex())]}
+            "patches": [(0, bytes(image).hex())],
+            "cycles": max(200_000, 4 * golden.cycles)}        # the testbench's time limit
     with tempfile.TemporaryDirectory() as scratch:
         report_file, log_file = Path(scratch) / "report.json", Path(scratch) / "sim.log"
-        print(f"simulating the {name} layer on the {config_name} top ...", file=sys.stderr,
+        print(f"simulating the layer {name} on the {config_name} top ...", file=sys.stderr,
               flush=True)
         try:
             run_cocotb(Accelerator(config), toplevel="accelerator",
@@ -271,18 +299,21 @@ def bench_moe_layer(model: str = "tiny-mixtral", tokens: int = 16, sparsity: str
         except AssertionError as failure:
             if log_file.exists():
                 print(log_file.read_text()[-4000:], file=sys.stderr)
-            raise SimulationFailed(f"the {name} layer on {config_name}: {failure}") from None
+            raise SimulationFailed(f"the layer {name} on {config_name}: {failure}") from None
         (report,) = json.loads(report_file.read_text())
     counters = report["counters"]
     return {
         "bit_exact": bool(exact and not report["mismatches"] and report["code"] == "NONE"),
         "cycles": report["cycles"],
         "model_cycles": report["model_cycles"],
+        "compute_cycles_ideal": -(-macs // lanes),
+        "load_cycles_ideal": -(-weight_bytes // config.axi_data_bytes),
         "array_cycles": counters["expert_ffn_mac_cycles"],
         "router_cycles": counters["router_busy_cycles"],
         "experts_run": counters["top_experts_run"],
         "experts_skipped": counters["top_experts_skipped"],
         "instructions": len(program.program),
+        "counters": counters,
     }
 
 
@@ -461,15 +492,22 @@ def add_arguments(commands) -> None:
     vector.add_argument("--json", action="store_true", help="one JSON object on stdout")
     vector.set_defaults(run=_run_vector)
     layer = blocks.add_parser("moe-layer", help="a whole MoE layer on the accelerator top")
-    layer.add_argument("--model", default="tiny-mixtral", help="a bundled model (default "
-                       "tiny-mixtral)")
+    layer.add_argument("--model", default=None, help="a bundled model (default: a seeded random "
+                       "layer of the shape below)")
     layer.add_argument("--tokens", type=int, default=16)
+    layer.add_argument("--d-model", type=int, default=256)
+    layer.add_argument("--d-ff", type=int, default=512)
+    layer.add_argument("--experts", type=int, default=8)
+    layer.add_argument("--k", type=int, default=2)
     layer.add_argument("--sparsity", default="dense", help="N:M or dense (default)")
+    layer.add_argument("--no-prefetch", action="store_true",
+                       help="the EXPERT_LOOP without prefetch")
     layer.add_argument("--config", default="tiny", help="preset (default tiny)")
     layer.add_argument("--seed", type=int, default=3)
     layer.add_argument("--json", action="store_true", help="one JSON object on stdout")
     layer.set_defaults(run=lambda args: _print(bench_moe_layer(
-        args.model, args.tokens, args.sparsity, args.config, args.seed), args.json))
+        args.model, args.tokens, args.sparsity, args.config, args.seed, args.d_model, args.d_ff,
+        args.experts, args.k, not args.no_prefetch), args.json))
     table = blocks.add_parser("sweep", help="a sweep of expert shapes, written as a table")
     table.add_argument("--out", type=Path, default=Path("build/bench/expert_ffn.md"))
     table.add_argument("--config", default="pynq-z2")
