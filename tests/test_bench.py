@@ -185,6 +185,37 @@ def test_vector_doc_quotes_the_recorded_figures():
 
 MOE_LAYER_FIGURES = ("moe-layer tiny-mixtral T=16 dense", "moe-layer tiny-mixtral T=16 4:8",
                      "moe-layer tiny-deepseek-v3 T=16 dense")
+ROOFLINE_FIGURES = ("moe-layer D=256 F=512 E=8 k=2 T=16 dense pynq-z2",
+                    "moe-layer D=256 F=512 E=8 k=2 T=16 2:4 pynq-z2",
+                    "moe-layer D=128 F=256 E=8 k=2 T=256 dense pynq-z2")
+
+
+def test_top_doc_quotes_the_recorded_roofline_figures():
+    """pynq-z2's two reference layers: within 1.10 of the roof (compute ideal / 0.85 or the load
+    ideal), 2:4 at most 0.65 of the dense cycles, the model within 10 %."""
+    header = ("| layer | cycles | emulator's model | compute ideal | load ideal | cycles / roof | "
+              "array / cycles |")
+    expected = []
+    for name in ROOFLINE_FIGURES:
+        m = _measured(name)
+        roof = max(m["compute_cycles_ideal"] / 0.85, m["load_cycles_ideal"])
+        assert m["cycles"] <= 1.10 * roof and abs(m["model_cycles"] / m["cycles"] - 1) <= 0.10
+        label = name.removeprefix("moe-layer ").removesuffix(" pynq-z2")
+        expected.append(f"| {label} | {_grouped(m['cycles'])} | {_grouped(m['model_cycles'])} | "
+                        f"{_grouped(m['compute_cycles_ideal'])} | "
+                        f"{_grouped(m['load_cycles_ideal'])} | {m['cycles'] / roof:.3f} | "
+                        f"{m['array_cycles'] / m['cycles']:.3f} |")
+    doc = DOCS / "top.md"
+    assert _table_rows(doc, header) == expected
+    dense, sparse, compute = (_measured(name) for name in ROOFLINE_FIGURES)
+    assert sparse["cycles"] <= 0.65 * dense["cycles"]
+    prose = _prose(doc)
+    for quoted in (f"streams its experts' weights at "
+                   f"{dense['load_cycles_ideal'] / dense['cycles']:.3f} of the bus's rate",
+                   f"takes {sparse['cycles'] / dense['cycles']:.3f}× the dense cycles",
+                   f"keeps the MAC array busy {compute['array_cycles'] / compute['cycles']:.3f} "
+                   f"of its cycles"):
+        assert quoted in prose
 
 
 def test_top_doc_quotes_the_recorded_layer_figures():
@@ -202,8 +233,8 @@ def test_top_doc_quotes_the_recorded_layer_figures():
     assert _table_rows(doc, header) == expected
     mixtral = _measured(MOE_LAYER_FIGURES[0])
     prose = _prose(doc)
-    assert (f"The model counts {_grouped(mixtral['model_cycles'])} cycles of the Mixtral layer's "
-            f"{_grouped(mixtral['cycles'])}") in prose
+    assert (f"The model counts {_grouped(mixtral['model_cycles'])} cycles of the tiny Mixtral "
+            f"layer's {_grouped(mixtral['cycles'])}") in prose
     ideal = max(mixtral["compute_cycles_ideal"], mixtral["load_cycles_ideal"])
     assert f"the layer takes {mixtral['cycles'] / ideal:.2f}× the larger of its two ideals" in prose
 
@@ -216,7 +247,7 @@ def test_every_recorded_figure_is_quoted_by_a_docs_check():
              "router T=256 E=64 k=8 softmax_topk, GEMM D=256",
              "attention L=128 H=8 D=64", "attention L=512 H=8 D=64", "attention L=1024 H=8 D=64",
              "attention L=512 H=8/2 D=64 causal"}
-    read |= set(VECTOR_FIGURES.values()) | set(MOE_LAYER_FIGURES)
+    read |= set(VECTOR_FIGURES.values()) | set(MOE_LAYER_FIGURES) | set(ROOFLINE_FIGURES)
     assert {entry["name"] for entry in load_figures()["cycles"]} == read
 
 
