@@ -138,6 +138,7 @@ class FFNPort(wiring.Component):
     issue, command : LINEAR: the controller starts one (one cycle), ``command`` its body
         (`formats.instructions.linear_body`)
     loop_issue, loop_command : EXPERT_LOOP, the same (`formats.instructions.expert_loop_body`)
+    cancel : the run is ending (ABORTED, WATCHDOG): an EXPERT_LOOP starts no further expert
     window_base, window_size : the DMA window
     m_axi : the port's AXI4 manager port (weights, descriptors, tables, parameters)
     read, read_data : the buffers' unit-side reader (TABLE, preloaded WEIGHT, DISPATCH)
@@ -167,6 +168,7 @@ class FFNPort(wiring.Component):
             **compute_port(config, linear_body(config), EXPERT_FFN_COUNTERS),
             "loop_issue": In(1),
             "loop_command": In(expert_loop_body(config)),
+            "cancel": In(1),
             "expert_run": Out(1),
             "expert_skipped": Out(1),
             "read": Out(stream.Signature(sram_read_request(config))),
@@ -520,7 +522,7 @@ class FFNPort(wiring.Component):
                                  error.eq(ErrorCode.NONE)]
                     m.next = "COUNT"
             with m.State("COUNT"):
-                with m.If(expert == loop.experts):
+                with m.If((expert == loop.experts) | self.cancel):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.comb += [looping.eq(1), loop_read_valid.eq(1),

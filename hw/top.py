@@ -138,6 +138,7 @@ class Accelerator(wiring.Component):
             route.issue.eq(ctrl.compute.issue & (opcode == Opcode.ROUTE)),
             route.command.eq(body.route),
             ffn.loop_command.eq(body.expert_loop),
+            ffn.cancel.eq(ctrl.cancel),
             ffn.table_written.eq(buffers.load_write.valid & buffers.load_write.ready
                                  & (buffers.load_write.p.buffer == Buffer.TABLE)),
         ]

@@ -295,7 +295,8 @@ EXPERT_LOOP_FAULTS = ("count", "token", "descriptors", "descriptor", "table", "w
 
 
 def random_expert_loop(rng: random.Random, config, window: int, bad: float = 0.1,
-                       fault: str | None = None, size: int = 1) -> tuple[bytes, list]:
+                       fault: str | None = None, size: int = 1,
+                       experts: int | None = None) -> tuple[bytes, list]:
     """An EXPERT_LOOP program with its data: 1 .. 5 experts (some without tokens) at a random built
     pattern, SwiGLU or with their activation tables, each with random distinct tokens and gates in
     DISPATCH (loaded from DRAM), its descriptor, packed weights, parameters and table in DRAM; the
@@ -303,7 +304,7 @@ def random_expert_loop(rng: random.Random, config, window: int, bad: float = 0.1
     names one of `EXPERT_LOOP_FAULTS`) one thing is refused: a count past the queue's capacity, a
     queued token past ``max_tokens``, the descriptors or an expert's table or weights past the
     window, a descriptor value past its on-chip field, a parameter record, a gathered row past
-    ACT0. `size` scales the shapes. Results (OUT's rows, then ACT1's) are stored from
+    ACT0. `size` scales the shapes; `experts` fixes their number (every one with tokens). Results (OUT's rows, then ACT1's) are stored from
     ``window // 2`` on. Returns the program and its DRAM patches."""
     import numpy as np
     import torch
@@ -321,7 +322,8 @@ def random_expert_loop(rng: random.Random, config, window: int, bad: float = 0.1
         fault = rng.choice(EXPERT_LOOP_FAULTS)
     pattern = rng.choice(config.patterns)
     swiglu = rng.random() < 0.5
-    experts = rng.randint(1, 5)
+    every_one = experts is not None
+    experts = experts if every_one else rng.randint(1, 5)
     tokens = rng.randint(1, min(6 * size, config.max_tokens, config.dispatch_capacity))
     d_model = rng.randint(1, 2 * size * expert_ffn_chunk(config, pattern))
     if fault == "gather":
@@ -346,7 +348,8 @@ def random_expert_loop(rng: random.Random, config, window: int, bad: float = 0.1
     counts = records.zeros(table_layout["counts"].shape.elem_shape, experts)
     queues = []
     for expert in range(experts):
-        count = rng.randint(0, tokens) if rng.random() < 0.8 else 0
+        count = rng.randint(1 if every_one else 0, tokens) if every_one or rng.random() < 0.8 \
+            else 0
         entries = records.zeros(TOKEN_GATE.dram, count)
         entries["token"] = nrng.permutation(tokens)[:count]
         entries["gate"] = nrng.integers(0, (1 << GATE_FRAC_BITS) + 1, count)

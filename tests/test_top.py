@@ -208,6 +208,19 @@ def expert_loop_cases(config) -> list[dict]:
                 continue
         name = f"EXPERT_LOOP refusing: {fault}" if fault else f"a larger EXPERT_LOOP, {n}"
         cases.append(_case(name, blob, window=window, patches=patches))
+    # a loop of five experts with tokens, run whole and aborted a quarter of the way through (by
+    # the emulator's count): it starts no further expert
+    from moeaccel.host.emulator import Emulator
+
+    blob, patches = random_expert_loop(random.Random(250), config, 4 * LINEAR_WINDOW, bad=0,
+                                       size=2, experts=5)
+    emulator = Emulator(config, 4 * LINEAR_WINDOW)
+    for at, data in patches:
+        emulator.dram[at:at + len(data) // 2] = bytes.fromhex(data)
+    quarter = emulator.run(blob).cycles // 4
+    whole = _case("a loop of five experts", blob, window=4 * LINEAR_WINDOW, patches=patches)
+    cases += [whole, dict(whole, name="a loop of five experts, aborted", abort_after=quarter,
+                          expect="ABORTED")]
     return cases
 
 
@@ -294,6 +307,10 @@ def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, pi
                 * config.act_word_bytes > config.max_d_model:
             code = "BAD_FIELD"          # rows that wide do not fit d_model: a token refused
         assert runs[f"EXPERT_LOOP refusing: {fault}"]["code"] == code, fault
+    # aborted a quarter of the way through: it ends within the expert under way
+    whole, aborted = runs["a loop of five experts"], runs["a loop of five experts, aborted"]
+    assert whole["counters"]["top_experts_run"] == 5
+    assert aborted["counters"]["top_experts_run"] < 5 and aborted["cycles"] < whole["cycles"]
     larger = [r for name, r in runs.items() if name.startswith("a larger EXPERT_LOOP")]
     assert all(r["code"] == "NONE" and r["counters"]["top_experts_run"] > 0 for r in larger)
     loops_run = [r for name, r in runs.items() if name.startswith("EXPERT_LOOP ")]
