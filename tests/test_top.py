@@ -254,18 +254,41 @@ def moe_layer_cases(config, tokens: int = 12) -> list[dict]:
     from moeaccel.sw.models import TINY_MODELS, build_model
     from moeaccel.sw.quantized import quantize_pruned
 
-    cases = []
-    for name in TINY_MODELS:
-        for pattern in ("dense", str(config.patterns[-1])):
-            layer_q, generator = quantize_pruned(build_model(name, seed=3), pattern)
-            x_q = layer_q.quantize_input(torch.randn(tokens, layer_q.spec.d_model,
-                                                     generator=generator))
-            program = moe_layer_program(config, layer_q, tokens, pattern)
-            window = -(-program.window_bytes // 4096) * 4096
-            image = bytearray(window)
-            program.load(image, x_q)
-            cases.append(_case(f"MoE layer {name} {pattern}", program.program.encode(),
-                               window=window, patches=[(0, bytes(image).hex())]))
+    from dataclasses import replace
+
+    from moeaccel.sw.reference import MoELayer, MoESpec
+    from tests.test_moe_program import directed_logits
+
+    def layer_case(title, layer, pattern="dense", count=tokens, logits=None):
+        layer_q, generator = quantize_pruned(layer, pattern)
+        x_q = layer_q.quantize_input(torch.randn(count, layer_q.spec.d_model,
+                                                 generator=generator))
+        program = moe_layer_program(config, layer_q, count, pattern,
+                                    given_logits=logits is not None)
+        window = -(-program.window_bytes // 4096) * 4096
+        image = bytearray(window)
+        program.load(image, x_q, logits)
+        return _case(f"MoE layer {title}", program.program.encode(), window=window,
+                     patches=[(0, bytes(image).hex())])
+
+    cases = [layer_case(f"{name} {pattern}", build_model(name, seed=3), pattern)
+             for name in TINY_MODELS for pattern in ("dense", str(config.patterns[-1]))]
+    # the directed routings (given logits): one expert takes every token; every expert empty but
+    # one (k = 1); k = E; one token
+    torch.manual_seed(5)                                    # the directed logits' others
+    mixtral = build_model("tiny-mixtral", seed=5)
+    experts = mixtral.spec.n_experts
+    cases.append(layer_case("tiny-mixtral, one expert takes every token", mixtral,
+                            logits=directed_logits(tokens, experts, [5, 2])))
+    single = build_model("tiny-mixtral", seed=5)
+    single.spec = replace(single.spec, k=1)
+    cases.append(layer_case("tiny-mixtral k=1, every expert empty but one", single,
+                            logits=directed_logits(tokens, experts, [5])))
+    torch.manual_seed(4)
+    every = MoELayer(MoESpec(d_model=32, d_ff=32, n_experts=4, k=4)).eval()
+    cases.append(layer_case("k = E = 4", every))
+    cases.append(layer_case("tiny-qwen2-moe, one token", build_model("tiny-qwen2-moe", seed=3),
+                            count=1))
     return cases
 
 
