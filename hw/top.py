@@ -10,9 +10,9 @@ through `hw.axi.AxiArbiter`. When the run ends, ``status`` and ``failed_instruct
 where, and the interrupt rises if enabled.
 
 The compute queue runs NOP, SYNC, FINISH, LINEAR and EXPERT_LOOP (`hw.ffn_port.FFNPort`, the
-Expert-FFN engine on the buffers) and VECTOR (`hw.vector_port.VectorPort`, the vector unit between the
-buffers and DRAM). The other compute units are not yet wired in: an instruction for one of them
-ends the run with ILLEGAL_OPCODE at its index.
+Expert-FFN engine on the buffers), ROUTE (`hw.route_port.RoutePort`, the router on the buffers) and
+VECTOR (`hw.vector_port.VectorPort`, the vector unit between the buffers and DRAM). ATTENTION is
+not yet wired in: it ends the run with ILLEGAL_OPCODE at its index.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -122,8 +122,8 @@ class Accelerator(wiring.Component):
         wiring.connect(m, store_dma.sram_read, buffers.store_read)
         m.d.comb += store_dma.sram_read_data.eq(buffers.store_read_data)
 
-        # -- the compute queue: NOP and SYNC end at once; LINEAR, EXPERT_LOOP and VECTOR run on
-        # their ports; the other units are not wired in yet
+        # -- the compute queue: NOP and SYNC end at once; LINEAR, EXPERT_LOOP, ROUTE and VECTOR
+        # run on their ports; ATTENTION is not wired in yet
         opcode = ctrl.compute.instruction.opcode
         active = Signal(Opcode)                           # the compute instruction under way
         with m.If(ctrl.compute.issue):
