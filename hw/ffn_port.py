@@ -49,6 +49,7 @@ from .buffers import direct_signatures, word_bytes
 from .controller import compute_port
 from .dma import Dma
 from .expert_ffn import FFNEngine
+from .port_io import RecordReader, log2
 
 __all__ = ["FFNPort", "FFN_DIRECT", "expert_commands", "expert_refused"]
 
@@ -57,10 +58,6 @@ FFN_DIRECT = ("act0_read", "act0_write", "act1_read", "act1_write", "params_read
               "out_read", "out_write")
 
 _QUEUE = 4                      # bus words of preloaded weights held for the engine
-
-
-def _log2(value: int) -> int:
-    return (value - 1).bit_length()
 
 
 def _ceil_shift(value, shift: int):
@@ -79,28 +76,28 @@ def expert_commands(m, config, body, tokens, swiglu_multiplier, swiglu_shift):
         if inputs & (inputs - 1):
             raise ValueError(f"{config.name}: the expert loop needs chunks of a power-of-two "
                              f"inputs, not {inputs} ({pattern})")
-    chunk_shift = Array(Const(_log2(expert_ffn.chunk_inputs(config, p)), 4)
+    chunk_shift = Array(Const(log2(expert_ffn.chunk_inputs(config, p)), 4)
                         for p in config.patterns)[body.pattern]
     first, down = Signal(ffn_command(config), name="first"), Signal(ffn_command(config),
                                                                      name="down")
-    half_tiles = _ceil_shift(body.d_ff, _log2(rows // 2))
-    plain_tiles = _ceil_shift(body.d_ff, _log2(rows))
+    half_tiles = _ceil_shift(body.d_ff, log2(rows // 2))
+    plain_tiles = _ceil_shift(body.d_ff, log2(rows))
     first_tiles = Mux(body.swiglu, half_tiles, plain_tiles)
     first_channels = Mux(body.swiglu, half_tiles * (rows // 2), plain_tiles * rows)
-    down_tiles = _ceil_shift(body.d_model, _log2(rows))
+    down_tiles = _ceil_shift(body.d_model, log2(rows))
     m.d.comb += [
         first.tokens.eq(tokens), first.tiles.eq(first_tiles),
         first.chunks.eq((body.d_model + (Const(1, 16) << chunk_shift) - 1) >> chunk_shift),
         first.pattern.eq(body.pattern), first.src.eq(0),
-        first.src_row_words.eq(_ceil_shift(body.d_model, _log2(word))),
-        first.to_buffer.eq(1), first.dst_row_words.eq(_ceil_shift(first_channels, _log2(word))),
+        first.src_row_words.eq(_ceil_shift(body.d_model, log2(word))),
+        first.to_buffer.eq(1), first.dst_row_words.eq(_ceil_shift(first_channels, log2(word))),
         first.activation.eq(1), first.swiglu.eq(body.swiglu),
         first.swiglu_multiplier.eq(swiglu_multiplier), first.swiglu_shift.eq(swiglu_shift),
         down.tokens.eq(tokens), down.tiles.eq(down_tiles),
         down.chunks.eq((body.d_ff + (Const(1, 16) << chunk_shift) - 1) >> chunk_shift),
         down.pattern.eq(body.pattern), down.src.eq(1),
-        down.src_row_words.eq(_ceil_shift(body.d_ff, _log2(word))),
-        down.dst_row_words.eq(_ceil_shift(down_tiles * rows, _log2(word))),
+        down.src_row_words.eq(_ceil_shift(body.d_ff, log2(word))),
+        down.dst_row_words.eq(_ceil_shift(down_tiles * rows, log2(word))),
         down.accumulate.eq(1),
     ]
     return first, down
@@ -113,21 +110,6 @@ def expert_refused(config, first, down, tokens, descriptor):
     refuses (`formats.instructions.expert_check`)."""
     return (DESCRIPTOR.refused(config, descriptor) | (tokens > config.max_tokens)
             | refused_by(expert_ffn.rules(config, first) + expert_ffn.rules(config, down)))
-
-
-class _Records:
-    """Reads records of ``record_bytes`` (a record index a read) from a buffer's direct read port,
-    whose memory words hold ``word // record_bytes`` records: ``record`` is the one asked for the
-    cycle before, in DRAM form."""
-
-    def __init__(self, m, name: str, port, record_bytes: int, word: int, index, enable):
-        lg = _log2(max(1, word // record_bytes))
-        slot = Signal(max(1, lg), name=f"{name}_slot")
-        m.d.comb += [port.addr.eq(index >> lg), port.en.eq(enable)]
-        with m.If(enable):
-            m.d.sync += slot.eq(index[:lg] if lg else 0)
-        self.record = (port.data.word_select(slot, 8 * record_bytes) if lg
-                       else port.data[:8 * record_bytes])
 
 
 class FFNPort(wiring.Component):
@@ -183,7 +165,7 @@ class FFNPort(wiring.Component):
         m = Module()
         config = self.config
         bus = config.axi_data_bytes
-        lg_bus = _log2(bus)
+        lg_bus = log2(bus)
         words = word_bytes(config)
         m.submodules.engine = engine = FFNEngine(config, shared=True)
         m.submodules.dram = dram = Dma(config, to_unit=True)
@@ -215,10 +197,10 @@ class FFNPort(wiring.Component):
         check_index = Signal(range(max(config.max_tiles, config.max_tokens) + 1))
         checking_params, checking_gates = Signal(), Signal()
         tile_bytes = config.mac_rows * CHANNEL_PARAMS.size
-        params = _Records(m, "params", self.params_read, tile_bytes, words[Buffer.PARAMS],
+        params = RecordReader(m, "params", self.params_read, tile_bytes, words[Buffer.PARAMS],
                           Mux(owns, engine.params_read.addr, check_index),
                           Mux(owns, engine.params_read.en, checking_params))
-        gates = _Records(m, "gates", self.gates_read, TOKEN_GATE.size, words[Buffer.GATES],
+        gates = RecordReader(m, "gates", self.gates_read, TOKEN_GATE.size, words[Buffer.GATES],
                          Mux(owns, engine.gates_read.addr, check_index),
                          Mux(owns, engine.gates_read.en, checking_gates))
         record = data.View(data.ArrayLayout(CHANNEL_PARAMS.dram, config.mac_rows), params.record)
@@ -311,7 +293,7 @@ class FFNPort(wiring.Component):
             m.d.comb += dram.sram_write.ready.eq(1)
             with m.If(dram.sram_write.valid):
                 m.d.sync += descriptor.as_value().word_select(
-                    dram.sram_write.p.addr[:_log2(DESCRIPTOR.size // bus) or 1]
+                    dram.sram_write.p.addr[:log2(DESCRIPTOR.size // bus) or 1]
                     if DESCRIPTOR.size > bus else 0, 8 * bus).eq(dram.sram_write.p.data)
         with m.Else():
             m.d.comb += [self.write.valid.eq(loop_write_valid), self.write.p.eq(loop_write)]
@@ -441,7 +423,7 @@ class FFNPort(wiring.Component):
         two passes; returns its busy and error signals."""
         config = self.config
         bus = config.axi_data_bytes
-        lg_bus = _log2(bus)
+        lg_bus = log2(bus)
         per_word = bus // TOKEN_GATE.size                  # gate records a bus word
         table_layout = dispatch_table(config)
         counts_byte = table_layout["counts"].offset // 8
@@ -461,7 +443,7 @@ class FFNPort(wiring.Component):
         queue_word = (queues_byte >> lg_bus) + expert * (queue_bytes >> lg_bus) + index
         count_byte = counts_byte + expert * DISPATCH_COUNT.size
         count_value = self.read_data.word_select(
-            count_byte[:lg_bus] >> _log2(DISPATCH_COUNT.size), 8 * DISPATCH_COUNT.size) \
+            count_byte[:lg_bus] >> log2(DISPATCH_COUNT.size), 8 * DISPATCH_COUNT.size) \
             if bus > DISPATCH_COUNT.size else self.read_data[:8 * DISPATCH_COUNT.size]
         # the tokens of one queue word: a record past the count is not looked at
         token_bad = Const(0, 1)

@@ -1,6 +1,6 @@
 """What the accelerator top's compute ports share: a reader of rows from the buffers' unit side,
 word by word, into a small queue (`RowReader`), and an unpacker cutting a DRAM stream into
-elements (`Unpacker`)."""
+elements (`Unpacker`), and a reader of records from a buffer's direct port (`RecordReader`)."""
 
 from amaranth.hdl import Cat, Const, Mux, ResetInserter, Signal
 from amaranth.lib import fifo
@@ -8,7 +8,7 @@ from amaranth.lib import fifo
 from ..formats.buffers import Buffer
 from ..formats.instructions import ADDRESS_BITS
 
-__all__ = ["RowReader", "Unpacker", "log2"]
+__all__ = ["RowReader", "Unpacker", "RecordReader", "log2"]
 
 QUEUE = 4                       # words a row reader holds for its unit
 
@@ -117,3 +117,16 @@ class Unpacker:
             m.d.sync += left.eq(left - 1)
 
 
+class RecordReader:
+    """Reads records of ``record_bytes`` (a record index a read) from a buffer's direct read port,
+    whose memory words hold ``word // record_bytes`` records: ``record`` is the one asked for the
+    cycle before, in DRAM form."""
+
+    def __init__(self, m, name: str, port, record_bytes: int, word: int, index, enable):
+        lg = log2(max(1, word // record_bytes))
+        slot = Signal(max(1, lg), name=f"{name}_slot")
+        m.d.comb += [port.addr.eq(index >> lg), port.en.eq(enable)]
+        with m.If(enable):
+            m.d.sync += slot.eq(index[:lg] if lg else 0)
+        self.record = (port.data.word_select(slot, 8 * record_bytes) if lg
+                       else port.data[:8 * record_bytes])

@@ -31,23 +31,13 @@ from ..formats.router import (DISPATCH_COUNT, LOGIT, ROUTER_COUNTERS, SELECTION_
 from .buffers import direct_signatures, word_bytes
 from .controller import compute_port
 from .dma import Dma
-from .port_io import RowReader, Unpacker, log2
+from .port_io import RecordReader, RowReader, Unpacker, log2
 from .router import Router
 
 __all__ = ["RoutePort", "ROUTE_DIRECT"]
 
 # The buffers' direct ports the router uses (`hw.buffers.DIRECT`).
 ROUTE_DIRECT = ("weights_read", "requant_read", "bias_read", "queue_write", "count_write")
-
-
-def _slot(m, name: str, index, per_word: int, enable):
-    """The memory word of record `index` (``per_word`` records a word), and the record's place in
-    it, registered when `enable` (a read's answer comes a cycle later)."""
-    lg = log2(per_word)
-    slot = Signal(max(1, lg), name=f"{name}_slot")
-    with m.If(enable):
-        m.d.sync += slot.eq(index[:lg] if lg else 0)
-    return index >> lg, slot
 
 
 class RoutePort(wiring.Component):
@@ -102,31 +92,24 @@ class RoutePort(wiring.Component):
 
         # -- ROUTER_WEIGHTS: a word of weights (unit side), a requantisation (DMA side)
         record_words = router_record(config).size // 8 // lanes
-        per_word = max(1, words[Buffer.ROUTER_WEIGHTS] // lanes)
-        expert_of = router.weights_read.addr // config.router_chunks
-        chunk_of = router.weights_read.addr % config.router_chunks
-        word, weights_slot = _slot(m, "weights", expert_of * record_words + chunk_of, per_word,
-                                   router.weights_read.en)
-        m.d.comb += [self.weights_read.addr.eq(word), self.weights_read.en.eq(
-            owns & router.weights_read.en),
-            router.weights_read.data.eq(self.weights_read.data.word_select(weights_slot,
-                                                                           8 * lanes))]
+        weights = RecordReader(
+            m, "weights", self.weights_read, lanes, words[Buffer.ROUTER_WEIGHTS],
+            router.weights_read.addr // config.router_chunks * record_words
+            + router.weights_read.addr % config.router_chunks, owns & router.weights_read.en)
+        m.d.comb += router.weights_read.data.eq(weights.record)
         requant_expert = Mux(owns, router.params_read.addr, index)
-        requant_enable = Mux(owns, router.params_read.en, checking)
-        word, requant_slot = _slot(m, "requant", requant_expert * record_words
-                                   + config.router_chunks, per_word, requant_enable)
-        requant = self.requant_read.data.word_select(requant_slot, 8 * lanes)[:8 * REQUANT.size]
-        m.d.comb += [self.requant_read.addr.eq(word), self.requant_read.en.eq(requant_enable),
-                     router.params_read.data.eq(REQUANT.from_dram(config, requant))]
+        requant = RecordReader(m, "requant", self.requant_read, lanes,
+                               words[Buffer.ROUTER_WEIGHTS],
+                               requant_expert * record_words + config.router_chunks,
+                               Mux(owns, router.params_read.en, checking))
+        requant = requant.record[:8 * REQUANT.size]
+        m.d.comb += router.params_read.data.eq(REQUANT.from_dram(config, requant))
 
         # -- ROUTER_BIAS
-        bias_expert = Mux(owns, router.bias_read.addr, index)
-        bias_enable = Mux(owns, router.bias_read.en, checking)
-        word, bias_slot = _slot(m, "bias", bias_expert, words[Buffer.ROUTER_BIAS]
-                                // SELECTION_BIAS.size, bias_enable)
-        bias = self.bias_read.data.word_select(bias_slot, 8 * SELECTION_BIAS.size)
-        m.d.comb += [self.bias_read.addr.eq(word), self.bias_read.en.eq(bias_enable),
-                     router.bias_read.data.eq(SELECTION_BIAS.from_dram(config, bias))]
+        bias = RecordReader(m, "bias", self.bias_read, SELECTION_BIAS.size,
+                            words[Buffer.ROUTER_BIAS], Mux(owns, router.bias_read.addr, index),
+                            Mux(owns, router.bias_read.en, checking)).record
+        m.d.comb += router.bias_read.data.eq(SELECTION_BIAS.from_dram(config, bias))
 
         # -- DISPATCH: a queue entry (unit side) and its count (DMA side), each a slice of a word
         layout = dispatch_table(config)

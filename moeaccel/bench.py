@@ -44,10 +44,11 @@ class SimulationFailed(RuntimeError):
 
 
 def _simulate_case(component, toplevel: str, config_name: str, case: dict, what: str,
-                   **options) -> dict:
-    """One case through `component`'s cocotb testbench (``moeaccel.sim.tb.<toplevel>``); its
-    report. Any failure of the simulation, whether or not it wrote a report, prints the log's
-    tail and raises `SimulationFailed`: a report is used only from a run that passed."""
+                   testbench: str | None = None, extra: dict | None = None, **options) -> dict:
+    """One case through `component`'s cocotb testbench (``moeaccel.sim.tb.<testbench>``, by
+    default the toplevel's name; `extra` parameters beside the case); its report. Any failure of
+    the simulation, whether or not it wrote a report, prints the log's tail and raises
+    `SimulationFailed`: a report is used only from a run that passed."""
     from .sim.harness import run_cocotb
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -55,10 +56,12 @@ def _simulate_case(component, toplevel: str, config_name: str, case: dict, what:
         log_file = Path(scratch) / "sim.log"
         print(f"simulating {what} on {config_name} ...", file=sys.stderr, flush=True)
         try:
-            run_cocotb(component, toplevel=toplevel, test_module=f"moeaccel.sim.tb.{toplevel}",
+            run_cocotb(component, toplevel=toplevel,
+                       test_module=f"moeaccel.sim.tb.{testbench or toplevel}",
                        build_key=config_name, timeout_s=3600, log_file=log_file,
                        parameters={"config": config_name, "overrides": {}, "cases": [case],
-                                   "report_file": str(report_file)}, **options)
+                                   "report_file": str(report_file), **(extra or {})},
+                       **options)
         except AssertionError as failure:
             if log_file.exists():
                 print(log_file.read_text()[-4000:], file=sys.stderr)
@@ -246,7 +249,6 @@ def bench_moe_layer(model: str | None = None, tokens: int = 16, sparsity: str = 
     from .host.emulator import Emulator
     from .host.units import expert_tokens
     from .hw.top import Accelerator
-    from .sim.harness import run_cocotb
     from .sw.models import build_model
     from .sw.quantized import quantize_pruned
     from .sw.reference import MoELayer, MoESpec
@@ -286,21 +288,8 @@ def bench_moe_layer(model: str | None = None, tokens: int = 16, sparsity: str = 
     case = {"name": name, "program": program.program.encode().hex(), "window": window,
             "patches": [(0, bytes(image).hex())],
             "cycles": max(200_000, 4 * golden.cycles)}        # the testbench's time limit
-    with tempfile.TemporaryDirectory() as scratch:
-        report_file, log_file = Path(scratch) / "report.json", Path(scratch) / "sim.log"
-        print(f"simulating the layer {name} on the {config_name} top ...", file=sys.stderr,
-              flush=True)
-        try:
-            run_cocotb(Accelerator(config), toplevel="accelerator",
-                       test_module="moeaccel.sim.tb.top", build_key=config_name, timeout_s=3600,
-                       log_file=log_file, parameters={"config": config_name, "cases": [case],
-                                                      "pause": 0,
-                                                      "report_file": str(report_file)})
-        except AssertionError as failure:
-            if log_file.exists():
-                print(log_file.read_text()[-4000:], file=sys.stderr)
-            raise SimulationFailed(f"the layer {name} on {config_name}: {failure}") from None
-        (report,) = json.loads(report_file.read_text())
+    report = _simulate_case(Accelerator(config), "accelerator", config_name, case,
+                            f"the layer {name}", testbench="top", extra={"pause": 0})
     counters = report["counters"]
     return {
         "bit_exact": bool(exact and not report["mismatches"] and report["code"] == "NONE"),

@@ -310,6 +310,7 @@ def random_expert_loop(rng: random.Random, config, window: int, bad: float = 0.1
     import torch
 
     from ..formats import instructions, records
+    from ..formats.expert_ffn import chunk_inputs
     from ..formats.buffers import act_row_bytes, out_row_bytes
     from ..formats.epilogue import ACTIVATION_TABLE
     from ..formats.instructions import DESCRIPTOR
@@ -325,7 +326,7 @@ def random_expert_loop(rng: random.Random, config, window: int, bad: float = 0.1
     every_one = experts is not None
     experts = experts if every_one else rng.randint(1, 5)
     tokens = rng.randint(1, min(6 * size, config.max_tokens, config.dispatch_capacity))
-    d_model = rng.randint(1, 2 * size * expert_ffn_chunk(config, pattern))
+    d_model = rng.randint(1, 2 * size * chunk_inputs(config, pattern))
     if fault == "gather":
         # rows so wide that the row of token max_tokens - 1 lies past ACT0's end (where the
         # configuration allows rows that wide; otherwise a token past max_tokens instead)
@@ -427,13 +428,6 @@ def random_expert_loop(rng: random.Random, config, window: int, bad: float = 0.1
     program.store(Buffer.ACT1, dram=half + out_rows * 4 * down_channels, rows=tokens,
                   row_bytes=first_row, dram_stride=first_row, sram_stride=first_row)
     return program.finish().encode(), image.patches
-
-
-def expert_ffn_chunk(config, pattern) -> int:
-    """Input elements one weight word covers at `pattern`."""
-    from ..formats.expert_ffn import chunk_inputs
-
-    return chunk_inputs(config, pattern)
 
 
 ROUTE_FAULTS = ("requant", "bias", "logits", "rows")

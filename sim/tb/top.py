@@ -21,7 +21,7 @@ the window);
 ``linear`` (that many `sim.programs.random_linear` programs with their data); ``expert_loops``
 (that many `sim.programs.random_expert_loop` programs); ``routes`` (that many
 `sim.programs.random_route` programs);
-``pause``; ``report_file``.
+``pause``; ``report_file``; ``dump_dir`` (a run whose window differs writes both windows there).
 """
 
 from __future__ import annotations
@@ -279,6 +279,10 @@ class TopTB:
 
 
 RANDOM_WINDOW = 4096
+# Programs drawn with their data: the parameter giving how many, their name, how each is drawn.
+WITH_DATA = (("linear", "LINEAR", random_linear),
+             ("expert_loops", "EXPERT_LOOP", random_expert_loop),
+             ("routes", "ROUTE", random_route))
 PIPELINE_WINDOW = 1 << 14
 
 
@@ -306,8 +310,7 @@ async def programs_match_the_emulator(dut):
     cases = list(params.get("cases", []))
     largest = max([c["window"] for c in cases] + [RANDOM_WINDOW]
                   + [PIPELINE_WINDOW] * bool(params.get("pipelines"))
-                  + [LINEAR_WINDOW] * bool(params.get("linear") or params.get("expert_loops")
-                                           or params.get("routes")))
+                  + [LINEAR_WINDOW] * any(params.get(count) for count, _, _ in WITH_DATA))
     tb = TopTB(dut, config, rng, params.get("pause", 0.2),
                ram_bytes=WINDOW_BASE + largest + GUARD_BYTES)
     await tb.start()
@@ -315,21 +318,12 @@ async def programs_match_the_emulator(dut):
                                              params.get("seed", 13))):
         cases.append({"name": f"random {n}", "program": blob.hex(), "window": RANDOM_WINDOW,
                       "serialise": True})
-    rng_linear = random.Random(params.get("seed", 13) + 2)
-    for n in range(params.get("linear", 0)):
-        blob, patches = random_linear(rng_linear, config, LINEAR_WINDOW)
-        cases.append({"name": f"LINEAR {n}", "program": blob.hex(), "window": LINEAR_WINDOW,
-                      "fill": n, "patches": patches})
-    rng_loops = random.Random(params.get("seed", 13) + 3)
-    for n in range(params.get("expert_loops", 0)):
-        blob, patches = random_expert_loop(rng_loops, config, LINEAR_WINDOW)
-        cases.append({"name": f"EXPERT_LOOP {n}", "program": blob.hex(), "window": LINEAR_WINDOW,
-                      "fill": n, "patches": patches})
-    rng_routes = random.Random(params.get("seed", 13) + 4)
-    for n in range(params.get("routes", 0)):
-        blob, patches = random_route(rng_routes, config, LINEAR_WINDOW)
-        cases.append({"name": f"ROUTE {n}", "program": blob.hex(), "window": LINEAR_WINDOW,
-                      "fill": n, "patches": patches})
+    for offset, (count, title, draw) in enumerate(WITH_DATA, 2):
+        rng_drawn = random.Random(params.get("seed", 13) + offset)
+        for n in range(params.get(count, 0)):
+            blob, patches = draw(rng_drawn, config, LINEAR_WINDOW)
+            cases.append({"name": f"{title} {n}", "program": blob.hex(), "window": LINEAR_WINDOW,
+                          "fill": n, "patches": patches})
     rng_pipelines = random.Random(params.get("seed", 13) + 1)
     for n in range(params.get("pipelines", 0)):
         blob = random_pipeline(rng_pipelines, config, PIPELINE_WINDOW,
