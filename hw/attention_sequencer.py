@@ -1,7 +1,8 @@
 """The attention unit's sequencer: reads an attention call's words from memory in the unit's order
 (per query group, the group's Q rows once, then each key's K row and V row once) and writes the
-output rows back. The side of the load and store queues that serves `hw.attention.Attention`; the
-accelerator's top reuses it.
+output rows back, for `hw.attention.Attention` on a memory of its own (its regression and
+resource rows). On the accelerator's top, `hw.attention_port` reads DRAM in the same order
+(`group_extent`).
 """
 
 from amaranth.hdl import Module, Mux, Signal, unsigned

@@ -182,13 +182,16 @@ class _Bursts:
 
 
 class Dma(wiring.Component):
-    """The DMA engine of one `AccelConfig`. With ``to_unit=True`` it is a DRAM reader for a unit:
-    its LOADs' words go to the unit on ``sram_write`` (``buffer`` and ``addr`` then mean nothing)
-    and no buffer bounds them.
+    """The DMA engine of one `AccelConfig`. With ``to_unit=True`` it moves a unit's data: a LOAD's
+    words go to the unit on ``sram_write``, a STORE's come from it on ``sram_read`` (``buffer``
+    and ``addr`` then mean nothing), no buffer bounds them, and a command is taken as soon as every
+    burst of the one before has been issued, so a unit's rows at unrelated addresses stream back
+    to back (each command checked against the window as it is taken).
 
     Ports
     -----
-    cmd : stream of `formats.dma.dma_command(config)`; accepted when idle
+    cmd : stream of `formats.dma.dma_command(config)`; accepted when idle (``to_unit``: when the
+        command before has issued its bursts)
     window_base, window_size : the DMA window (byte address and length), held while busy
     m_axi : the AXI4 manager port (`hw.axi.axi4_signature`), ``axi_data_width`` bits
     sram_write : stream of `formats.dma.sram_write` (a LOAD's buffer words); a word waits for
@@ -240,9 +243,15 @@ class Dma(wiring.Component):
         # -- accept, then check the window before anything is issued
         start = Signal()
         extent = Signal(ADDRESS_BITS + 17 + 1)
-        m.d.comb += self.cmd.ready.eq(~running & ~checking)
+        issued = Signal()               # every burst of the command has gone (or none will)
+        if self.to_unit:                # the next command's bursts follow this one's
+            m.d.comb += self.cmd.ready.eq(~checking & (~running | issued))
+        else:
+            m.d.comb += self.cmd.ready.eq(~running & ~checking)
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [command.eq(self.cmd.payload), checking.eq(1), perf.eq(0)]
+            m.d.sync += [command.eq(self.cmd.payload), checking.eq(1)]
+            with m.If(~running):
+                m.d.sync += perf.eq(0)
         with m.If(checking):
             m.d.sync += checking.eq(0)
             m.d.comb += extent.eq(t.dram + (t.rows - 1) * t.dram_stride + t.row_bytes)
@@ -286,8 +295,8 @@ class Dma(wiring.Component):
             m.d.sync += cancelled.eq(1)
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += cancelled.eq(0)
-        issued = bursts.done | (cancelled & ~bursts.in_row)
-        issuing = running & ~issued
+        m.d.comb += issued.eq(bursts.done | (cancelled & ~bursts.in_row))
+        issuing = running & ~checking & ~issued
         # a row with bytes enters the queue when it begins; an empty one is skipped
         with m.If(issuing & ~bursts.in_row):
             with m.If(t.row_bytes == 0):
@@ -384,7 +393,7 @@ class Dma(wiring.Component):
             m.d.sync += write_word.eq(head.sram_word)
 
         # -- done when every row has been issued and has moved, and every burst has ended
-        with m.If(running & issued & (outstanding == 0) & ~rows.r_rdy & ~read_rows.r_rdy
+        with m.If(running & ~checking & issued & (outstanding == 0) & ~rows.r_rdy & ~read_rows.r_rdy
                   & ~reading & ~realigner.busy & ~words.r_rdy & ~address_taken):
             m.d.sync += running.eq(0)
         return m

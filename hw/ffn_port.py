@@ -459,7 +459,9 @@ class FFNPort(wiring.Component):
             """States `state` and `state`_WAIT: a transfer from DRAM `at` (into `buffer`, or with
             `into` the descriptor), then `done()` and `then`; its fault ends the loop."""
             with m.State(state):
-                m.d.comb += [loop_cmd.eq(1), loop_transfer.buffer.eq(buffer),
+                # assigned whole: bits no process sets would be `always @*` blocks of a
+                # constant, which an event-driven simulator never runs
+                m.d.comb += [loop_cmd.eq(1), loop_transfer.eq(0), loop_transfer.buffer.eq(buffer),
                              loop_transfer.dram.eq(at), loop_transfer.rows.eq(1),
                              loop_transfer.row_bytes.eq(nbytes)]
                 m.next = f"{state}_WAIT"
@@ -477,7 +479,7 @@ class FFNPort(wiring.Component):
             """States `state` and `state`_WAIT: a pass of the engine, then `done()` and `then`; its
             fault ends the loop."""
             with m.State(state):
-                m.d.comb += [loop_pass.eq(1), loop_body.command.eq(command),
+                m.d.comb += [loop_pass.eq(1), loop_body.eq(0), loop_body.command.eq(command),
                              loop_body.weights.eq(weights), loop_gather.eq(gathered)]
                 m.next = f"{state}_WAIT"
             with m.State(f"{state}_WAIT"):

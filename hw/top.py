@@ -11,8 +11,9 @@ where, and the interrupt rises if enabled.
 
 The compute queue runs NOP, SYNC, FINISH, LINEAR and EXPERT_LOOP (`hw.ffn_port.FFNPort`, the
 Expert-FFN engine on the buffers), ROUTE (`hw.route_port.RoutePort`, the router on the buffers) and
-VECTOR (`hw.vector_port.VectorPort`, the vector unit between the buffers and DRAM). ATTENTION is
-not yet wired in: it ends the run with ILLEGAL_OPCODE at its index.
+VECTOR (`hw.vector_port.VectorPort`, the vector unit between the buffers and DRAM) and ATTENTION
+(`hw.attention_port.AttentionPort`, the attention unit reading Q, K and V from DRAM and writing O
+back).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -21,12 +22,14 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..formats.buffers import Buffer
+from ..formats.attention import ATTENTION_COUNTERS, SEQUENCER_COUNTERS
 from ..formats.dma import DMA_COUNTERS
 from ..formats.expert_ffn import EXPERT_FFN_COUNTERS
 from ..formats.router import ROUTER_COUNTERS
 from ..formats.vector import VECTOR_COUNTERS
 from ..formats.instructions import ErrorCode, Opcode
 from ..formats.registers import TOP_COUNTERS
+from .attention_port import AttentionPort
 from .axi import AxiArbiter, axi4_signature
 from .buffers import Buffers
 from .controller import Controller
@@ -39,7 +42,7 @@ from .vector_port import VectorPort
 
 __all__ = ["Accelerator", "AXI_ID_BITS"]
 
-_MANAGERS = ("fetch", "load_dma", "store_dma", "vector", "ffn", "route")
+_MANAGERS = ("fetch", "load_dma", "store_dma", "vector", "ffn", "route", "attention")
 AXI_ID_BITS = 1 + (len(_MANAGERS) - 1).bit_length()
 
 
@@ -76,11 +79,12 @@ class Accelerator(wiring.Component):
         m.submodules.vector = vector = VectorPort(config)
         m.submodules.ffn = ffn = FFNPort(config)
         m.submodules.route = route = RoutePort(config)
+        m.submodules.attention = attention = AttentionPort(config)
         m.submodules.arbiter = arbiter = AxiArbiter(len(_MANAGERS), config.axi_addr_width,
                                                     config.axi_data_width)
         wiring.connect(m, wiring.flipped(self.s_axil), regs.s_axil)
         wiring.connect(m, arbiter.m, wiring.flipped(self.m_axi))
-        for n, manager in enumerate((fetch, load_dma, store_dma, vector, ffn, route)):
+        for n, manager in enumerate((fetch, load_dma, store_dma, vector, ffn, route, attention)):
             wiring.connect(m, manager.m_axi, getattr(arbiter, f"s{n}"))
 
         # -- registers and the controller
@@ -122,8 +126,7 @@ class Accelerator(wiring.Component):
         wiring.connect(m, store_dma.sram_read, buffers.store_read)
         m.d.comb += store_dma.sram_read_data.eq(buffers.store_read_data)
 
-        # -- the compute queue: NOP and SYNC end at once; LINEAR, EXPERT_LOOP, ROUTE and VECTOR
-        # run on their ports; ATTENTION is not wired in yet
+        # -- the compute queue: NOP and SYNC end at once; the others run on their ports
         opcode = ctrl.compute.instruction.opcode
         active = Signal(Opcode)                           # the compute instruction under way
         with m.If(ctrl.compute.issue):
@@ -137,12 +140,14 @@ class Accelerator(wiring.Component):
             ffn.loop_issue.eq(ctrl.compute.issue & (opcode == Opcode.EXPERT_LOOP)),
             route.issue.eq(ctrl.compute.issue & (opcode == Opcode.ROUTE)),
             route.command.eq(body.route),
+            attention.issue.eq(ctrl.compute.issue & (opcode == Opcode.ATTENTION)),
+            attention.command.eq(body.attention),
             ffn.loop_command.eq(body.expert_loop),
             ffn.cancel.eq(ctrl.cancel),
             ffn.table_written.eq(buffers.load_write.valid & buffers.load_write.ready
                                  & (buffers.load_write.p.buffer == Buffer.TABLE)),
         ]
-        for port in (vector, ffn, route):
+        for port in (vector, ffn, route, attention):
             m.d.comb += [port.window_base.eq(regs.window_base.base),
                          port.window_size.eq(regs.window_size.size)]
         # the unit side: the vector unit's readers and writer, or, while LINEAR or EXPERT_LOOP
@@ -175,6 +180,9 @@ class Accelerator(wiring.Component):
                 m.d.comb += [ctrl.compute.busy.eq(ffn.busy), ctrl.compute.error.eq(ffn.error)]
             with m.Case(Opcode.ROUTE):
                 m.d.comb += [ctrl.compute.busy.eq(route.busy), ctrl.compute.error.eq(route.error)]
+            with m.Case(Opcode.ATTENTION):
+                m.d.comb += [ctrl.compute.busy.eq(attention.busy),
+                             ctrl.compute.error.eq(attention.error)]
             with m.Default():
                 m.d.comb += [ctrl.compute.busy.eq(0),
                              ctrl.compute.error.eq(ErrorCode.ILLEGAL_OPCODE)]
@@ -190,7 +198,9 @@ class Accelerator(wiring.Component):
                 ("store_dma", DMA_COUNTERS, store_dma.perf, store_dma.busy),
                 ("vector", VECTOR_COUNTERS, vector.perf, vector.busy),
                 ("expert_ffn", EXPERT_FFN_COUNTERS, ffn.perf, ffn.busy),
-                ("router", ROUTER_COUNTERS, route.perf, route.busy)):
+                ("router", ROUTER_COUNTERS, route.perf, route.busy),
+                ("attention", ATTENTION_COUNTERS, attention.perf, attention.busy),
+                ("sequencer", SEQUENCER_COUNTERS, attention.sequencer, attention.busy)):
             total = Signal(layout, name=f"{name}_total")
             was_busy = Signal(name=f"{name}_was_busy")
             m.d.sync += was_busy.eq(busy)

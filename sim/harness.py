@@ -68,10 +68,21 @@ def component_ports(component) -> dict:
 
 
 def to_verilog(component, name: str, ports=None) -> str:
-    """Return the Verilog text of an Amaranth elaboratable (a wiring.Component needs no ports)."""
+    """Return the Verilog text of an Amaranth elaboratable (a wiring.Component needs no ports).
+
+    Raises ValueError where the text holds an ``always @*`` block that only sets constant bits (a
+    signal a process drives in part, with bits set only by an unconditional constant elsewhere):
+    an event-driven simulator never runs such a block, so those bits would keep their initial
+    value there and differ from the design."""
     if ports is None and isinstance(getattr(component, "signature", None), wiring.Signature):
         ports = component_ports(component)
-    return verilog.convert(component, name=name, ports=ports, emit_src=False)
+    text = verilog.convert(component, name=name, ports=ports, emit_src=False)
+    constant = re.findall(r"always @\*\n\s+(\S+) = \d+'[hbd][0-9a-fA-F_]+;\n", text)
+    if constant:
+        raise ValueError(f"{name}: constant-only always @* blocks for {', '.join(constant)}; "
+                         f"drive these bits in the process that drives the rest of the signal, "
+                         f"or drive the whole signal outside processes")
+    return text
 
 
 def clocked_top(verilog_text: str, toplevel: str, period_ns: int) -> tuple[str, str]:

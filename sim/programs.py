@@ -14,8 +14,8 @@ from ..formats.buffers import Buffer, buffer_bytes
 from ..formats.instructions import Opcode, bodies
 
 __all__ = ["random_fields", "random_instruction", "random_program", "random_pipeline",
-           "random_linear", "random_expert_loop", "random_route", "EXPERT_LOOP_FAULTS",
-           "ROUTE_FAULTS", "LINEAR_WINDOW"]
+           "random_linear", "random_expert_loop", "random_route", "random_attention",
+           "EXPERT_LOOP_FAULTS", "ROUTE_FAULTS", "ATTENTION_FAULTS", "LINEAR_WINDOW"]
 
 LINEAR_WINDOW = 1 << 15         # a `random_linear` or `random_expert_loop` program's window: its
                                 # data, then its results
@@ -514,3 +514,53 @@ def random_route(rng: random.Random, config, window: int, bad: float = 0.1,
     program.store(Buffer.DISPATCH, dram=half + 64, rows=experts, row_bytes=TOKEN_GATE.size * tokens,
                   dram_stride=TOKEN_GATE.size * tokens, sram=queues_at, sram_stride=queue_bytes)
     return program.finish().encode(), image.patches
+
+
+ATTENTION_FAULTS = ("command", "window")
+
+
+def random_attention(rng: random.Random, config, window: int, bad: float = 0.1,
+                     fault: str | None = None) -> tuple[bytes, list]:
+    """An ATTENTION program: a random call the unit holds (grouped-query heads now and then, causal
+    half the time, heads of one to three bus words, up to three query groups) over the window's
+    bytes as Q, K and V, at any byte offsets in its first half, writing O into the second; the
+    requantisations from scales that keep the logits to a few units. With probability `bad` (or
+    always, when `fault` names one of `ATTENTION_FAULTS`) it is refused: a command the unit
+    refuses, or rows past the window. Returns the program and its DRAM patches (none: the
+    window's bytes are the data)."""
+    from ..formats.attention import AttentionShape, command_fields
+    from ..sw.attention import AttentionParams
+
+    if fault is None and rng.random() < bad:
+        fault = rng.choice(ATTENTION_FAULTS)
+    word = config.axi_data_bytes
+    while True:
+        kv_heads = rng.randint(1, min(3, config.max_heads))
+        rep = rng.choice([1, 1, 2, 3])
+        head_words = rng.randint(1, 3)
+        if kv_heads * rep * head_words <= config.attention_row_words \
+                and kv_heads * rep <= config.max_heads:
+            break
+    seq_kv = rng.randint(1, min(3 * config.attention_group + 2, config.max_seq_len))
+    seq_q = rng.randint(1, seq_kv)
+    shape = AttentionShape(seq_q, seq_kv, kv_heads * rep, kv_heads, head_words * word,
+                           causal=rng.random() < 0.5)
+    scale = 2.0 / 74                        # int8 values of spread ~74: a few units each
+    params = AttentionParams.from_scales(scale, scale, scale, scale * rng.uniform(0.5, 2),
+                                         shape.head_dim)
+    half = window // 2
+    row_q = shape.heads * shape.head_dim
+    row_kv = shape.kv_heads * shape.head_dim
+    q, k, v = (rng.randrange(half - rows * row)
+               for rows, row in ((seq_q, row_q), (seq_kv, row_kv), (seq_kv, row_kv)))
+    o = half + rng.randrange(half - seq_q * row_q)
+    if fault == "window":
+        o = window - seq_q * row_q + rng.randint(1, row_q)
+    command = command_fields(config, shape, params)
+    if fault == "command":
+        command.update(rng.choice([{"seq_q": 0}, {"kv_heads": 0}, {"head_words": 0},
+                                   {"score_shift": 60},
+                                   {"head_words": config.attention_row_words + 1}]))
+    program = isa.Program(config, checked=fault is None)
+    program.add(Opcode.ATTENTION, {"command": command, "q": q, "k": k, "v": v, "o": o})
+    return program.finish().encode(), []

@@ -244,6 +244,41 @@ def route_cases(config) -> list[dict]:
     return cases
 
 
+ATTENTION_CODES = {"command": "BAD_FIELD", "window": "DMA_WINDOW"}
+
+
+def attention_cases(config) -> list[dict]:
+    """ATTENTION programs over the window's random bytes (`sim.programs.random_attention`): each
+    refusal once; then directed calls: grouped-query and causal over three query groups and a
+    part, and rows as wide as the unit holds, at odd byte offsets."""
+    import random
+
+    from moeaccel.formats.attention import AttentionShape
+    from moeaccel.sim.programs import ATTENTION_FAULTS, LINEAR_WINDOW, random_attention
+    from moeaccel.sw.attention import AttentionParams
+
+    assert set(ATTENTION_FAULTS) == set(ATTENTION_CODES)
+    cases = []
+    for n, fault in enumerate(ATTENTION_FAULTS):
+        blob, patches = random_attention(random.Random(400 + n), config, LINEAR_WINDOW, fault=fault)
+        cases.append(_case(f"ATTENTION refusing: {fault}", blob, window=LINEAR_WINDOW,
+                           patches=patches))
+    word, group = config.axi_data_bytes, config.attention_group
+    widest = config.attention_row_words * word // 2
+    for title, shape in (
+            ("grouped-query, causal", AttentionShape(3 * group + 1, 3 * group + 3, 4, 2, 2 * word,
+                                                     causal=True)),
+            ("rows as wide as the unit holds", AttentionShape(group + 1, 5, 2, 2, widest))):
+        scale = 2.0 / 74
+        params = AttentionParams.from_scales(scale, scale, scale, scale, shape.head_dim)
+        row_q, row_kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+        program = Program(config).attention(
+            shape, params, q=3, k=5 + shape.seq_q * row_q, v=7 + (shape.seq_q + shape.seq_kv)
+            * row_q, o=LINEAR_WINDOW // 2 + 1).finish()
+        cases.append(_case(f"ATTENTION {title}", program, window=LINEAR_WINDOW))
+    return cases
+
+
 def moe_layer_cases(config, tokens: int = 12) -> list[dict]:
     """Whole MoE layers as the compiler writes them (`compiler.emit.moe_layer_program`: ROUTE,
     EXPERT_LOOP, the shared expert's LINEARs and gate, the drain), each bundled tiny model dense and
@@ -299,17 +334,19 @@ def run_top(config_name: str, parameters: dict):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("config_name, random_programs, pipelines, linear, loops, routes",
-                         [("tiny", 60, 20, 40, 30, 30), ("pynq-z2", 20, 10, 15, 10, 10)])
+@pytest.mark.parametrize("config_name, random_programs, pipelines, linear, loops, routes, "
+                         "attentions",
+                         [("tiny", 60, 20, 40, 30, 30, 30), ("pynq-z2", 20, 10, 15, 10, 10, 10)])
 def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, pipelines, linear,
-                                                loops, routes, tmp_path):
+                                                loops, routes, attentions, tmp_path):
     report = tmp_path / "top.json"
     config = preset(config_name)
     cases = directed(config) + vector_cases(config) + linear_cases(config) + \
-        expert_loop_cases(config) + route_cases(config) + moe_layer_cases(config)
+        expert_loop_cases(config) + route_cases(config) + attention_cases(config) + \
+        moe_layer_cases(config)
     run_top(config_name, {"cases": cases, "random": random_programs, "pipelines": pipelines,
                           "linear": linear, "expert_loops": loops, "routes": routes,
-                          "report_file": str(report)})
+                          "attentions": attentions, "report_file": str(report)})
     runs = {r["name"]: r for r in json.loads(report.read_text())}
     # an abort and the watchdog stop a long transfer at its next row: 64 rows of 16 beats each
     # would take over 1 000 cycles
@@ -342,6 +379,12 @@ def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, pi
         assert runs[f"ROUTE refusing: {fault}"]["code"] == code, fault
     routed = [r for name, r in runs.items() if name.startswith("ROUTE ")]
     assert sum(r["code"] == "NONE" for r in routed) >= 0.7 * routes
+    for fault, code in ATTENTION_CODES.items():
+        assert runs[f"ATTENTION refusing: {fault}"]["code"] == code, fault
+    called = [r for name, r in runs.items() if name.startswith("ATTENTION ")]
+    assert sum(r["code"] == "NONE" for r in called) >= 0.7 * attentions
+    assert runs["ATTENTION grouped-query, causal"]["code"] == "NONE"
+    assert runs["ATTENTION rows as wide as the unit holds"]["code"] == "NONE"
     layers = {name: r for name, r in runs.items() if name.startswith("MoE layer")}
     assert layers and all(r["code"] == "NONE" and r["counters"]["top_experts_run"] > 0
                           for r in layers.values()), layers

@@ -16,11 +16,12 @@ start; the run must end with ABORTED), ``poll`` (the interrupt disabled: the hos
 ``expect`` (an `ErrorCode` name the run must end with where
 the emulator does not model it: WATCHDOG, ABORTED), ``program_base`` (a multiple of 32 below `WINDOW_BASE`), ``fill`` (a seed for the window's bytes), ``patches`` (``(offset, hex)`` bytes then written into
 the window);
-``random`` (that many random programs, `sim.programs.random_program`, on built opcodes, serialised);
+``random`` (that many random programs, `sim.programs.random_program`, serialised);
 ``pipelines`` (that many `sim.programs.random_pipeline` programs, run in parallel);
 ``linear`` (that many `sim.programs.random_linear` programs with their data); ``expert_loops``
 (that many `sim.programs.random_expert_loop` programs); ``routes`` (that many
-`sim.programs.random_route` programs);
+`sim.programs.random_route` programs); ``attentions`` (that many
+`sim.programs.random_attention` programs);
 ``pause``; ``report_file``; ``dump_dir`` (a run whose window differs writes both windows there).
 """
 
@@ -37,23 +38,23 @@ from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
 from ...config import preset
 from ...formats import records
+from ...formats.attention import padded_shape
 from ...formats.buffers import Buffer, buffer_bytes
 from ...formats.instructions import ErrorCode, Opcode
-from ...formats.registers import register_map
+from ...formats.registers import COUNTER_BLOCKS, register_map
 from ...formats.router import DISPATCH_COUNT, dispatch_table
 from ...host.emulator import Emulator
+from ...sw.attention import traffic_bytes
 from ...isa import DecodeError, Program, decode
 from ..harness import check_cases, pause_axi, reset, start_clock, tb_params
-from ..programs import (LINEAR_WINDOW, random_expert_loop, random_linear, random_pipeline,
-                        random_program, random_route)
+from ..programs import (LINEAR_WINDOW, random_attention, random_expert_loop, random_linear,
+                        random_pipeline, random_program, random_route)
 
 CLOCK_NS = 10
 PROGRAM_BASE = 0x1000
 WINDOW_BASE = 0x8000
 GUARD_BYTES = 0x1000            # after the window
 NONE_INDEX = 0xFFFF_FFFF        # failed_instruction when no instruction is to blame
-BUILT = (Opcode.LOAD, Opcode.STORE, Opcode.LOAD, Opcode.STORE, Opcode.NOP, Opcode.SYNC,
-         Opcode.FINISH, Opcode.VECTOR, Opcode.LINEAR, Opcode.EXPERT_LOOP, Opcode.ROUTE)
 
 
 class TopTB:
@@ -117,6 +118,12 @@ class TopTB:
                 "expert_ffn_mac_cycles": sum(0 if c["drain"] else
                                              c["tiles"] * c["tokens"] * c["chunks"]
                                              for c in passes)}
+        calls = [padded_shape(self.config, i.fields["command"]) for i in instructions
+                 if i.opcode is Opcode.ATTENTION]
+        word, group = self.config.axi_data_bytes, self.config.attention_group
+        traffic = [traffic_bytes(shape, group, word) for shape in calls]
+        want.update({"sequencer_words_read": sum(t["q"] + t["kv"] for t in traffic) // word,
+                     "sequencer_words_written": sum(t["o"] for t in traffic) // word})
         loops = [n for n, i in enumerate(instructions) if i.opcode is Opcode.EXPERT_LOOP]
         if loops:
             del want["expert_ffn_mac_cycles"]           # the passes depend on DISPATCH
@@ -213,8 +220,7 @@ class TopTB:
         index = await self.read("failed_instruction")
         irq_status = await self.read("irq_status")
         counters = {name: await self.read(name) for name in self.map
-                    if name.startswith(("top_", "load_dma_", "store_dma_", "vector_",
-                                        "expert_ffn_", "router_"))}
+                    if name.startswith(tuple(f"{block}_" for block, _, _ in COUNTER_BLOCKS))}
         await self.write("irq_status", 0b11)
         await RisingEdge(dut.clk)
         await ReadOnly()
@@ -282,14 +288,15 @@ RANDOM_WINDOW = 4096
 # Programs drawn with their data: the parameter giving how many, their name, how each is drawn.
 WITH_DATA = (("linear", "LINEAR", random_linear),
              ("expert_loops", "EXPERT_LOOP", random_expert_loop),
-             ("routes", "ROUTE", random_route))
+             ("routes", "ROUTE", random_route),
+             ("attentions", "ATTENTION", random_attention))
 PIPELINE_WINDOW = 1 << 14
 
 
 def random_programs(config, count: int, seed: int) -> list[bytes]:
-    """`count` random programs of the opcodes the top runs, as `sim.programs` draws them."""
+    """`count` random programs, as `sim.programs` draws them."""
     rng = random.Random(seed)
-    return [random_program(rng, config, RANDOM_WINDOW, opcodes=BUILT) for _ in range(count)]
+    return [random_program(rng, config, RANDOM_WINDOW) for _ in range(count)]
 
 
 def _moved(instructions, opcode: Opcode) -> int:
