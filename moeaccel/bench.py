@@ -293,7 +293,7 @@ def bench_moe_layer(model: str | None = None, tokens: int = 16, sparsity: str = 
     counters = report["counters"]
     return {
         "bit_exact": bool(exact and not report["mismatches"] and report["code"] == "NONE"),
-        "cycles": report["cycles"],
+        "cycles": counters["top_total_cycles"],
         "model_cycles": report["model_cycles"],
         "compute_cycles_ideal": -(-macs // lanes),
         "load_cycles_ideal": -(-weight_bytes // config.axi_data_bytes),

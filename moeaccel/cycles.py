@@ -1,14 +1,19 @@
 """The performance model: every cycle formula of the accelerator in one place, built from the units'
 pipeline latencies (the ``LATENCY`` of `hw.mac_array.MacArray` and `hw.epilogue.Epilogue` are the
-constants here) and equal to the RTL's counts where a unit exists in RTL.
+constants here) and equal to the RTL's counts.
 
-Measured against RTL, cycle for cycle: `ffn_pass_cycles` (the Expert-FFN engine's ``busy_cycles``,
-`tests/test_expert_ffn_cycles.py`), `router_cycles` (the router's, `tests/test_router.py`),
-`attention_cycles` (the attention unit with its sequencer, `tests/test_attention.py`),
-`vector_cycles` (the vector unit's, `tests/test_vector_unit.py`). Modelled, with no RTL behind them
-until the accelerator top is built: `transfer_cycles` (a LOAD or STORE), the descriptor and
-parameter transfers and the ``prefetch`` overlap of `expert_loop_cycles`, a LINEAR's ``preloaded``
-weights, and a VECTOR's operands reaching the unit as fast as it takes them.
+Two levels, each held to RTL. The units on their own, cycle for cycle: `ffn_pass_cycles` (the
+Expert-FFN engine's ``busy_cycles``, `tests/test_expert_ffn_cycles.py`), `router_cycles` (the
+router's, `tests/test_router.py`), `attention_cycles` (the attention unit with its sequencer,
+`tests/test_attention.py`), `vector_cycles` (the vector unit's, `tests/test_vector_unit_rtl.py`).
+And the accelerator top (`hw.top`), whose ports add their checks, transfers and DRAM's latency:
+`instruction_cycles` (LOAD and STORE `transfer_cycles`, LINEAR `linear_cycles`, ROUTE
+`route_top_cycles`, ATTENTION `attention_top_cycles`, VECTOR `vector_top_cycles`, EXPERT_LOOP
+`expert_loop_cycles`) and `fetched_cycle`, against the top in RTL simulation with DRAM as its
+testbench models it (cocotbext-axi's AxiRam, no pauses): `tests/test_top_cycles.py`. Not counted:
+the AXI port shared between the fetch unit, the DMA engines and the ports' readers (a LOAD beside
+a weight stream takes longer on the top than here), and an attention call's reader falling behind
+on rows under four bus words.
 
 The emulator's timing (`instruction_cycles`), the benchmarks and the compiler's scheduler read this
 module; it imports no RTL.
@@ -19,20 +24,29 @@ from __future__ import annotations
 from .config import AccelConfig
 from .formats import attention as attention_formats
 from .formats import expert_ffn, instructions, vector
-from .formats.attention import AttentionShape, group_keys
+from .formats.attention import STORE_CHUNK, AttentionShape, group_keys
 from .formats.epilogue import ACTIVATION_TABLE, CHANNEL_PARAMS
-from .formats.instructions import DESCRIPTOR, Opcode
+from .formats.instructions import DESCRIPTOR, INSTRUCTION_BYTES, Opcode
 from .formats.numbers import ATTENTION_RECIP_BITS, ROUTER_RECIP_BITS
-from .formats.router import RouterMode
+from .formats.router import TOKEN_GATE, RouterMode
 from .formats.vector import VectorOp
 
 __all__ = ["MAC_ARRAY_LATENCY", "EPILOGUE_LATENCY", "FFN_ISSUE_STAGES", "FFN_PARAMS_STAGES",
            "FFN_COMBINE_STAGES", "FFN_ACCUMULATE_STAGES", "FFN_DRAIN_READ_STAGES",
            "FFN_PASS_TAIL", "FFN_DRAIN_TAIL", "ROUTER_GEMM_STAGES", "ROUTER_DIVIDE_CYCLES",
            "ATTENTION_SETTLE_CYCLES", "ATTENTION_HEAD_DIVIDE_CYCLES", "ATTENTION_DRAIN_STAGES",
-           "WEIGHT_LEAD_CYCLES", "TRANSFER_SETUP_CYCLES", "VECTOR_LATENCY", "VECTOR_ROW_BANKS",
-           "VECTOR_RSQRT_CYCLES", "ffn_pass_cycles", "router_cycles", "attention_cycles",
-           "transfer_cycles", "expert_loop_cycles", "vector_cycles", "instruction_cycles"]
+           "WEIGHT_LEAD_CYCLES", "LOAD_SETUP_CYCLES", "STORE_SETUP_CYCLES",
+           "DMA_ROW_CYCLES", "FETCH_LEAD_CYCLES", "FETCH_BURST", "FETCH_BURST_GAP_CYCLES",
+           "ISSUE_CYCLES", "TRANSFER_TURNAROUND_CYCLES", "fetched_cycle", "VECTOR_LATENCY", "VECTOR_ROW_BANKS",
+           "VECTOR_RSQRT_CYCLES", "FFN_PORT_CYCLES", "FFN_DRAM_LEAD_CYCLES",
+           "FFN_BUFFER_LEAD_CYCLES", "TABLE_COPY_SETUP_CYCLES", "ROUTE_PORT_CYCLES",
+           "ROUTE_LOGIT_LEAD_CYCLES", "ATTENTION_READ_LEAD_CYCLES", "ATTENTION_PORT_CYCLES",
+           "VECTOR_PORT_CYCLES", "VECTOR_OPERAND_LEAD_CYCLES", "VECTOR_OPERAND_PHASE_CYCLES",
+           "LOOP_COUNT_CYCLES", "LOOP_EXPERT_CYCLES",
+           "ffn_pass_cycles", "router_cycles", "attention_cycles", "transfer_cycles",
+           "expert_loop_cycles", "vector_cycles", "table_copy_cycles", "linear_cycles",
+           "route_top_cycles", "attention_top_cycles", "vector_top_cycles", "instruction_cycles",
+           "copies_table"]
 
 # -- the units' pipelines ------------------------------------------------------------------------
 
@@ -71,7 +85,19 @@ VECTOR_ROW_BANKS = 3         # rows on chip: one streaming in, one waiting for i
 # visible (and the next may start): normalise 1, square root 16, reciprocal 48, result and done 3.
 VECTOR_RSQRT_CYCLES = 68
 
-TRANSFER_SETUP_CYCLES = 8    # a LOAD or STORE: address set-up before its first beat
+# The fetch unit and the controller on the top (measured, `tests/test_top_cycles.py`).
+FETCH_LEAD_CYCLES = 3        # start -> the first burst's first beat (then a beat a cycle)
+FETCH_BURST = 4              # instructions a fetch burst reads
+FETCH_BURST_GAP_CYCLES = 2   # between one burst's last beat and the next one's first
+ISSUE_CYCLES = 1             # a queue starts its next instruction the cycle after one ends; SYNC
+                             # and FINISH the cycle after everything before them has ended
+TRANSFER_TURNAROUND_CYCLES = 2   # a LOAD or STORE right after one on the same DMA engine
+
+# The DMA engine on the top: from the queue's start to its first word, through the window check,
+# the burst, DRAM's answer and the realigner.
+LOAD_SETUP_CYCLES = 6
+STORE_SETUP_CYCLES = 11      # the buffer's read and the write's response besides
+DMA_ROW_CYCLES = 2           # a row's description, then its first burst
 
 
 def _beats(config: AccelConfig, size: int) -> int:
@@ -155,43 +181,78 @@ def attention_cycles(shape: AttentionShape, group: int, word: int) -> dict:
 
 # -- transfers, the expert loop and the vector unit (modelled) --------------------------------------
 
-def transfer_cycles(config: AccelConfig, rows: int, row_bytes: int) -> int:
-    """A LOAD or STORE: the set-up, then a bus beat a cycle. (Modelled.)"""
-    return TRANSFER_SETUP_CYCLES + rows * _beats(config, row_bytes)
+def fetched_cycle(config: AccelConfig, index: int) -> int:
+    """The cycle instruction `index` of a program reaches the controller: the fetch unit streams
+    the program a bus beat a cycle in bursts of `FETCH_BURST` instructions."""
+    beats = INSTRUCTION_BYTES // config.axi_data_bytes
+    return (FETCH_LEAD_CYCLES + (index + 1) * beats
+            + (index // FETCH_BURST) * FETCH_BURST_GAP_CYCLES)
+
+
+def transfer_cycles(config: AccelConfig, rows: int, row_bytes: int, *, store: bool = False,
+                    dram: int = 0, sram: int = 0, dram_stride: int | None = None,
+                    sram_stride: int = 0) -> int:
+    """A LOAD or STORE on the top's DMA engine (`hw.dma.Dma`; `dram` an offset in a window that
+    starts on a bus word): its set-up (`LOAD_SETUP_CYCLES`, `STORE_SETUP_CYCLES`), then each row
+    as the realigner moves it. A row of ``in`` words in and ``out`` out takes ``max(in, out)``
+    cycles, a cycle more where its first input word gives nothing out (a LOAD's row starting
+    later in DRAM's bus word than in the buffer's), and a STORE's reader of the buffer a cycle
+    between rows; a LOAD issues a row every `DMA_ROW_CYCLES` at the most."""
+    if rows == 0 or row_bytes == 0:
+        return LOAD_SETUP_CYCLES if not store else STORE_SETUP_CYCLES
+    bus = config.axi_data_bytes
+    dram_stride = row_bytes if dram_stride is None else dram_stride
+    sram_stride = sram_stride or row_bytes
+    total, last = 0, 0
+    for row in range(rows):
+        dram_offset = (dram + row * dram_stride) % bus
+        sram_offset = (sram + row * sram_stride) % bus
+        src, dst = (sram_offset, dram_offset) if store else (dram_offset, sram_offset)
+        words_in, words_out = (_beats(config, offset + row_bytes) for offset in (src, dst))
+        if store:
+            last = max(words_out, words_in + 1)
+        else:
+            last = max(words_in, words_out + (src > dst))
+        total += last
+    if store:
+        return STORE_SETUP_CYCLES + total - 1
+    return LOAD_SETUP_CYCLES + max(total, DMA_ROW_CYCLES * (rows - 1) + last)
 
 
 def expert_loop_cycles(config: AccelConfig, fields: dict, expert_tokens: list[int]) -> int:
-    """An EXPERT_LOOP (body `fields`) with `expert_tokens[e]` tokens for expert e. Per expert with
-    tokens: its descriptor, activation table and the two passes' parameters arrive (a transfer
-    each), then its two passes (`ffn_pass_cycles`). With ``prefetch`` an expert's transfers and its
-    first weight block load while the expert before it issues its last tile, hiding up to that
-    tile's ``tokens x chunks`` cycles. Experts without tokens cost nothing. (The passes are
-    measured; the transfers and the overlap are modelled until the accelerator top is built.)"""
+    """An EXPERT_LOOP on the top (body `fields`) with `expert_tokens[e]` tokens for expert e, as
+    `hw.ffn_port.FFNPort` runs it: per expert its count (`LOOP_COUNT_CYCLES`: an expert without
+    tokens costs no more); for one with tokens, its queue scanned and later copied into GATES (two
+    cycles a bus word of entries, each), its descriptor, table and the two passes' parameters
+    fetched from DRAM (a transfer each, `transfer_cycles`, after a cycle to ask), its descriptor's
+    check and the hand-offs between steps (`LOOP_EXPERT_CYCLES`), and its two passes (`linear_cycles`: the first gathers, after the table's copy); then
+    a cycle to see the loop is done. The descriptor's transfers are taken to start on a bus word.
+    ``prefetch`` changes nothing yet: the top does not act on it."""
     if instructions.check(config, Opcode.EXPERT_LOOP, fields):
         return 1                              # refused at once
-    pattern = config.patterns[fields["pattern"]]
-    beats = expert_ffn.weight_word_beats(config, pattern)
-    total, hidden_window = 0, 0
+    gate_bytes = TOKEN_GATE.size
+    total = 1
     for tokens in expert_tokens[:fields["experts"]]:
+        total += LOOP_COUNT_CYCLES
         if not tokens:
             continue
         first, down = instructions.expert_loop_commands(config, fields, tokens)
         if expert_ffn.check(config, first) or expert_ffn.check(config, down):
-            return total + 1                  # refused there
-        setup = sum(transfer_cycles(config, 1, size) for size in (
+            return total                      # refused there
+        queue = 2 * 2 * _beats(config, tokens * gate_bytes)          # the scan and the copy
+        fetches = sum(1 + transfer_cycles(config, 1, size) for size in (
             DESCRIPTOR.size, ACTIVATION_TABLE.size // 8,
             first["tiles"] * config.mac_rows * CHANNEL_PARAMS.size,
             down["tiles"] * config.mac_rows * CHANNEL_PARAMS.size))
-        cost = setup + ffn_pass_cycles(config, first) + ffn_pass_cycles(config, down)
-        if fields["prefetch"]:
-            lead = setup + WEIGHT_LEAD_CYCLES + first["chunks"] * beats  # what can load ahead
-            cost -= min(lead, hidden_window)
-        total += cost
-        hidden_window = tokens * down["chunks"]
+        passes = sum(1 + linear_cycles(config, {"command": command, "preloaded": 0}, True,
+                                       gather=gather)
+                     for command, gather in ((first, True), (down, False)))
+        total += queue + fetches + LOOP_EXPERT_CYCLES + passes
     return total
 
 
-def vector_cycles(config: AccelConfig, fields: dict) -> int:
+def vector_cycles(config: AccelConfig, fields: dict, *, word_cycles: int = 1,
+                  first_word: int = 1, row0_end: int = 0, shared: bool = False) -> int:
     """A VECTOR (body `fields`): the vector unit's busy cycles, exactly as `hw.vector.VectorUnit`
     counts them when its inputs keep pace and its outputs are taken at once (`busy_cycles`).
 
@@ -199,19 +260,27 @@ def vector_cycles(config: AccelConfig, fields: dict) -> int:
     `VECTOR_LATENCY`. The norms and ROPE stream each row into one of `VECTOR_ROW_BANKS` banks (a
     word a cycle, once a bank is free), the norms form the row's rsqrt (`VECTOR_RSQRT_CYCLES`, one
     row at a time, in order), and the row leaves its bank a word a cycle after the row before it.
-    A command the unit refuses takes one cycle."""
+    A command the unit refuses takes one cycle.
+
+    Inputs slower than that (`vector_top_cycles`): ADD, MUL, REQUANT and GATE take a word every
+    `word_cycles`, or (`shared`: the results go into a buffer the inputs come from, through the
+    one port) a word every other cycle, the results' writes in between, which hides the pipeline's
+    latency; the first word comes in cycle `first_word`; a norm's row 0 takes its last word no
+    earlier than cycle `row0_end` (its operands come with it)."""
     if vector.check(config, fields):
         return 1
     op, rows = VectorOp(fields["op"]), fields["rows"]
     words = vector.row_words(config, fields["width"])
     if op not in vector.ROW_OPS:
-        return rows * words + VECTOR_LATENCY + 1
+        if shared:               # the writes take every other cycle from the first result on
+            return 2 * (rows * words + 1) + first_word - 1
+        return rows * words * word_cycles + VECTOR_LATENCY + word_cycles + first_word - 1
     # cycle numbers: the command is accepted in cycle 0; *_end is a row's last word
     in_end, rsqrt_start, out_end = [], [], []
     for row in range(rows):
-        start = max(in_end[-1] + 1 if in_end else 1,
+        start = max(in_end[-1] + 1 if in_end else first_word,
                     out_end[row - VECTOR_ROW_BANKS] + 1 if row >= VECTOR_ROW_BANKS else 1)
-        in_end.append(start + words - 1)
+        in_end.append(max(start + words - 1, row0_end if row == 0 else 0))
         ready = in_end[-1] + 1
         if op in vector.NORMS:
             rsqrt_start.append(max(ready, rsqrt_start[-1] + VECTOR_RSQRT_CYCLES if rsqrt_start
@@ -223,26 +292,132 @@ def vector_cycles(config: AccelConfig, fields: dict) -> int:
 
 # -- an instruction ---------------------------------------------------------------------------------
 
+# -- the units on the accelerator top (measured on the top) ----------------------------------------
+#
+# `hw.top.Accelerator`'s ports around the units, in cycles of its compute queue, against DRAM that
+# answers as the top's testbench's does (cocotbext-axi's `AxiRam`, no pauses):
+# `tests/test_top_cycles.py` holds these to the top.
+
+FFN_PORT_CYCLES = 3          # a pass: the table check, start, the command's check
+FFN_DRAM_LEAD_CYCLES = 5     # the first weight beat, from DRAM through the port's DMA engine
+FFN_BUFFER_LEAD_CYCLES = 3   # ... from WEIGHT (``preloaded``)
+TABLE_COPY_SETUP_CYCLES = 2  # the copy of TABLE into the epilogue: its first read, its last write
+ROUTE_PORT_CYCLES = 3        # the checks' last answer, start, the end (beside a cycle an expert)
+ROUTE_LOGIT_LEAD_CYCLES = 6  # given logits: the first one's way from DRAM (the counts' clearing,
+                             # a cycle an expert, hides as many)
+ATTENTION_READ_LEAD_CYCLES = 4     # the first Q word's way from DRAM to the unit
+ATTENTION_PORT_CYCLES = 16   # the checks, start, and the last O words' write (beside a cycle a word)
+VECTOR_PORT_CYCLES = 3       # start, the unit's command, the end
+LOOP_COUNT_CYCLES = 2        # an EXPERT_LOOP reads an expert's count from DISPATCH
+LOOP_EXPERT_CYCLES = 3       # ... an expert's descriptor check and hand-offs between its steps
+VECTOR_OPERAND_LEAD_CYCLES = 5     # an operand transfer's first element, from DRAM to the unit
+VECTOR_OPERAND_PHASE_CYCLES = 1    # a norm's next operand transfer begins after the one before
+
+
+def table_copy_cycles(config: AccelConfig) -> int:
+    """The epilogue's copy of TABLE, a bus word of entries a cycle (after a write into TABLE)."""
+    return ACTIVATION_TABLE.size // 8 // config.axi_data_bytes + TABLE_COPY_SETUP_CYCLES
+
+
+def linear_cycles(config: AccelConfig, fields: dict, table_stale: bool = True, *,
+                  gather: bool = False) -> int:
+    """A LINEAR on the top (body `fields`): the port's checks (a cycle a tile's parameters, a cycle
+    a gate-table entry when it accumulates or gathers), the table copy when the pass applies the
+    table and TABLE was written since the last copy (`table_stale`), and the pass
+    (`ffn_pass_cycles`) with its weights from DRAM or WEIGHT, a bus word a cycle either way.
+    `gather`: an expert loop's first pass, whose gate-table entries are checked too."""
+    command = fields["command"]
+    gates = command["tokens"] + 1 if command["accumulate"] or gather else 1
+    copy = table_copy_cycles(config) if (table_stale and command["activation"]
+                                         and not command["drain"]) else 0
+    lead = FFN_BUFFER_LEAD_CYCLES if fields["preloaded"] else FFN_DRAM_LEAD_CYCLES
+    return (FFN_PORT_CYCLES + command["tiles"] + gates + copy
+            + ffn_pass_cycles(config, command, weight_lead=lead))
+
+
+def route_top_cycles(fields: dict) -> int:
+    """A ROUTE on the top: the records' checks (a cycle an expert), the port's cycles, the router
+    (`router_cycles`), and given logits' lead where the counts' clearing does not hide it."""
+    command = fields["command"]
+    lead = 0 if command["compute"] else max(0, ROUTE_LOGIT_LEAD_CYCLES - command["experts"])
+    return command["experts"] + ROUTE_PORT_CYCLES + lead + router_cycles(command)
+
+
+def attention_top_cycles(config: AccelConfig, fields: dict) -> int:
+    """An ATTENTION on the top: the unit (`attention_cycles`), its first word's lead from DRAM, and
+    a cycle more for each K row when K starts inside a bus word (the realigner's first beat of a
+    row gives no word out; a V row's hides in the settle before it), and one for Q and one for O
+    starting inside a bus word; then the port's cycles and the last writes, a cycle a word the
+    writer trails the unit by."""
+    command = fields["command"]
+    shape = attention_formats.padded_shape(config, command)
+    word, group = config.axi_data_bytes, config.attention_group
+    groups = [(first, min(group, shape.seq_q - first)) for first in range(0, shape.seq_q, group)]
+    row_q = shape.heads * shape.head_words(word)
+    unaligned = bool(fields["q"] % word) + bool(fields["o"] % word)
+    if fields["k"] % word:
+        unaligned += sum(group_keys(shape, first, rows) for first, rows in groups)
+    # the writer trails the drain by the words of a claim: the last query group's, at most
+    # STORE_CHUNK (a claim waits for that many; from then on the writes keep pace)
+    behind = min(groups[-1][1] * row_q, STORE_CHUNK)
+    return (attention_cycles(shape, group, word)["total"] + ATTENTION_READ_LEAD_CYCLES + unaligned
+            + ATTENTION_PORT_CYCLES + behind)
+
+
+def vector_top_cycles(config: AccelConfig, fields: dict) -> int:
+    """A VECTOR on the top: the port's cycles and the unit (`vector_cycles`) with its inputs as the
+    top gives them. REQUANT's int32 words take their bus beats each; a buffer the unit both reads
+    and writes (ADD and MUL write over ``b`` or ``a``, any op in place) gives it a word every other
+    cycle, its one unit-side port taking the reads and the writes in turn. Operands come from DRAM:
+    GATE's and ROPE's first after `VECTOR_OPERAND_LEAD_CYCLES`; a norm's row 0 waits for its
+    operands (``eps_q``, then the weights, then the biases, each transfer after the one before,
+    each with its lead)."""
+    if vector.check(config, fields):
+        return 1
+    op, width = VectorOp(fields["op"]), fields["width"]
+    bus = config.axi_data_bytes
+    sources = {fields["a"], fields["b"]} if op in vector.TWO_OPERANDS else {fields["a"]}
+    shared = op not in vector.ROW_OPS and fields["dst"] in sources
+    beats = max(1, 4 * config.vector_lanes // bus) if op is VectorOp.REQUANT else 1
+    first, row0_end = 1, 0
+    if op in (VectorOp.GATE, VectorOp.ROPE):
+        first += VECTOR_OPERAND_LEAD_CYCLES
+    if op in vector.NORMS:
+        row0_end = sum(VECTOR_OPERAND_LEAD_CYCLES + VECTOR_OPERAND_PHASE_CYCLES + _beats(config, n)
+                       for n in (8, 2 * width, 4 * width))
+    return VECTOR_PORT_CYCLES + vector_cycles(config, fields, word_cycles=beats, first_word=first,
+                                              row0_end=row0_end, shared=shared)
+
+
 def instruction_cycles(config: AccelConfig, opcode: Opcode, fields: dict,
-                       expert_tokens: list[int] | None = None) -> int:
-    """The cycles one instruction keeps its queue busy. An EXPERT_LOOP's depend on its experts'
-    token counts, `expert_tokens` (the dispatch table's when it starts). A command its unit
+                       expert_tokens: list[int] | None = None, table_stale: bool = True) -> int:
+    """The cycles one instruction keeps its queue busy on the top. An EXPERT_LOOP's depend on its
+    experts' token counts, `expert_tokens` (the dispatch table's when it starts); a LINEAR's on
+    whether TABLE was written since the last pass copied it (`table_stale`). A command its unit
     refuses takes one cycle."""
     if opcode in (Opcode.LOAD, Opcode.STORE):
-        return transfer_cycles(config, fields["rows"], fields["row_bytes"])
+        return transfer_cycles(config, fields["rows"], fields["row_bytes"],
+                               store=opcode is Opcode.STORE, dram=fields["dram"],
+                               sram=fields["sram"], dram_stride=fields["dram_stride"],
+                               sram_stride=fields["sram_stride"])
     if opcode is Opcode.EXPERT_LOOP:
         return expert_loop_cycles(config, fields, expert_tokens or [])
     if opcode in (Opcode.ROUTE, Opcode.ATTENTION, Opcode.LINEAR, Opcode.VECTOR) \
             and instructions.check(config, opcode, fields):
         return 1
     if opcode is Opcode.ROUTE:
-        return router_cycles(fields["command"])
+        return route_top_cycles(fields)
     if opcode is Opcode.ATTENTION:
-        shape = attention_formats.padded_shape(config, fields["command"])
-        return attention_cycles(shape, config.attention_group, config.axi_data_bytes)["total"]
+        return attention_top_cycles(config, fields)
     if opcode is Opcode.LINEAR:
-        return ffn_pass_cycles(config, fields["command"],
-                               word_beats=1 if fields["preloaded"] else None)
+        return linear_cycles(config, fields, table_stale)
     if opcode is Opcode.VECTOR:
-        return vector_cycles(config, fields)
+        return vector_top_cycles(config, fields)
     return 1
+
+
+def copies_table(config: AccelConfig, opcode: Opcode, fields: dict) -> bool:
+    """Whether the instruction copies TABLE into the epilogue when TABLE is stale: a LINEAR that
+    applies the table and runs."""
+    return (opcode is Opcode.LINEAR and bool(fields["command"]["activation"])
+            and not fields["command"]["drain"] and not instructions.check(config, opcode, fields))

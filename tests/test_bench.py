@@ -224,6 +224,7 @@ def test_top_doc_quotes_the_recorded_layer_figures():
     expected = []
     for name in MOE_LAYER_FIGURES:
         m = _measured(name)
+        assert abs(m["model_cycles"] / m["cycles"] - 1) <= 0.10, name
         expected.append(f"| {name.removeprefix('moe-layer ')} | {_grouped(m['cycles'])} | "
                         f"{_grouped(m['model_cycles'])} | {_grouped(m['compute_cycles_ideal'])} | "
                         f"{_grouped(m['load_cycles_ideal'])} | {_grouped(m['array_cycles'])} | "

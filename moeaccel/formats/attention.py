@@ -13,7 +13,7 @@ from .rules import Fields, check_rules, normalise
 
 __all__ = ["AttentionShape", "group_keys", "ATTENTION_COUNTERS", "attention_command",
            "attention_word", "command_fields", "padded_shape", "rules", "check",
-           "SEQUENCER_COUNTERS", "sequencer_command"]
+           "SEQUENCER_COUNTERS", "STORE_CHUNK", "sequencer_command"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,9 @@ ATTENTION_COUNTERS = data.StructLayout({
 
 
 # Counters of the attention sequencer's memory traffic (`perf`), cleared when a call starts.
+# On the accelerator top, output words a write of O waits for (fewer: the call's last words).
+STORE_CHUNK = 16
+
 SEQUENCER_COUNTERS = data.StructLayout({
     "words_read": unsigned(32),            # Q, K and V words read from the memory
     "words_written": unsigned(32),         # O words written to it

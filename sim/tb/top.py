@@ -281,7 +281,8 @@ class TopTB:
             self.buffers = {b: bytearray(n) for b, n in buffer_bytes(self.config).items()}
         return {"name": case["name"], "mismatches": mismatches, "cycles": cycles,
                 "code": code.name, "index": index, "counters": counters, "wall_s": wall,
-                "model_cycles": golden.cycles}
+                "model_cycles": golden.cycles,
+                "model_busy": {queue.name.lower(): n for queue, n in golden.busy_cycles.items()}}
 
 
 RANDOM_WINDOW = 4096
