@@ -22,7 +22,7 @@ from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
-from ..formats.attention import ATTENTION_COUNTERS, SEQUENCER_COUNTERS, rules
+from ..formats.attention import ATTENTION_COUNTERS, SEQUENCER_COUNTERS, STORE_CHUNK, rules
 from ..formats.instructions import ADDRESS_BITS, ErrorCode, attention_body
 from ..formats.rules import refused_by
 from .attention import Attention
@@ -31,9 +31,7 @@ from .controller import compute_port
 from .dma import Dma
 from .port_io import log2
 
-__all__ = ["AttentionPort", "STORE_CHUNK"]
-
-STORE_CHUNK = 16                # output words a write command waits for (fewer: the call's last)
+__all__ = ["AttentionPort"]
 
 
 class AttentionPort(wiring.Component):
