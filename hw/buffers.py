@@ -6,11 +6,15 @@ sums, the others a bus word); the ports here address bus words, each a slice of 
 Each memory has two sides, each one address a cycle (a true dual-port block RAM):
 
 * **the DMA side.** A LOAD's words go in through ``load_write`` (with their byte strobes; never
-  held), a STORE's come out through ``store_read``, a cycle after the request; a read request is
-  held while a LOAD writes the same buffer.
-* **the unit side**, the compute unit's: ``unit_write`` (never held) and two readers,
-  ``unit_read`` and ``unit_read_b``; a read is held while the unit writes the same buffer, and
-  ``unit_read_b`` while ``unit_read`` reads it (so two different buffers are read at once).
+  held), a STORE's come out through ``store_read``, a cycle after the request; and the compute
+  unit's second reader, ``unit_read_b``. A read request is held while a LOAD writes the same
+  buffer, and ``unit_read_b`` while a STORE reads it.
+* **the unit side**, the compute unit's: ``unit_write`` (never held) and its first reader,
+  ``unit_read``, held while the unit writes the same buffer.
+
+So a unit reads two rows of one buffer at once, or reads one buffer on each side while it writes
+over the rows it reads with ``unit_read_b`` (VECTOR's ADD and MUL writing over ``b``), each a
+word a cycle.
 
 Both sides may reach the same buffer at once: the program's tokens keep them on different bytes.
 
@@ -117,9 +121,9 @@ class Buffers(wiring.Component):
         config = self.config
         width = config.axi_data_bytes
         # (writer, readers by priority, side): each reader's requests with its data
-        sides = ((self.load_write, [(self.store_read, self.store_read_data)], "dma"),
-                 (self.unit_write, [(self.unit_read, self.unit_read_data),
-                                    (self.unit_read_b, self.unit_read_b_data)], "unit"))
+        sides = ((self.load_write, [(self.store_read, self.store_read_data),
+                                    (self.unit_read_b, self.unit_read_b_data)], "dma"),
+                 (self.unit_write, [(self.unit_read, self.unit_read_data)], "unit"))
         # a direct port's access this cycle, by side and buffer
         direct = {"dma": {}, "unit": {}}
         for name, (buffer, kind, side) in DIRECT.items():

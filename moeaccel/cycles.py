@@ -366,9 +366,10 @@ def attention_top_cycles(config: AccelConfig, fields: dict) -> int:
 
 def vector_top_cycles(config: AccelConfig, fields: dict) -> int:
     """A VECTOR on the top: the port's cycles and the unit (`vector_cycles`) with its inputs as the
-    top gives them. REQUANT's int32 words take their bus beats each; a buffer the unit both reads
-    and writes (ADD and MUL write over ``b`` or ``a``, any op in place) gives it a word every other
-    cycle, its one unit-side port taking the reads and the writes in turn. Operands come from DRAM:
+    top gives them. REQUANT's int32 words take their bus beats each; writing over the rows of
+    ``a`` (in place), a word every other cycle: ``a`` is read on the unit side of its buffer, whose
+    one port then takes the reads and the writes in turn (``b`` is read on the DMA side, so writing
+    over it costs nothing). Operands come from DRAM:
     GATE's and ROPE's first after `VECTOR_OPERAND_LEAD_CYCLES`; a norm's row 0 waits for its
     operands (``eps_q``, then the weights, then the biases, each transfer after the one before,
     each with its lead)."""
@@ -376,8 +377,7 @@ def vector_top_cycles(config: AccelConfig, fields: dict) -> int:
         return 1
     op, width = VectorOp(fields["op"]), fields["width"]
     bus = config.axi_data_bytes
-    sources = {fields["a"], fields["b"]} if op in vector.TWO_OPERANDS else {fields["a"]}
-    shared = op not in vector.ROW_OPS and fields["dst"] in sources
+    shared = op not in vector.ROW_OPS and fields["dst"] == fields["a"]
     beats = max(1, 4 * config.vector_lanes // bus) if op is VectorOp.REQUANT else 1
     first, row0_end = 1, 0
     if op in (VectorOp.GATE, VectorOp.ROPE):
