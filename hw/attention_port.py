@@ -13,11 +13,15 @@ and V rows from DRAM and writing its O rows back, as the emulator's ATTENTION do
   a command for the words queued whenever it can take one, so a write burst is issued only when
   its data is at hand and never holds the shared write channel waiting for the unit.
 
-``busy`` rises the cycle after ``issue`` and falls when the last O word is written; ``error`` then
-says how the call ended.
+``cancel`` (an abort, the watchdog) stops a call within a few cycles: no read is asked for after it,
+the unit is reset, the reads already asked for are taken and dropped, and the writes already
+claimed are written (no AXI transaction is left open); the call's other O words are not written.
+
+``busy`` rises the cycle after ``issue`` and falls when the last O word is written (or the call
+has stopped); ``error`` then says how the call ended.
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Module, Mux, ResetInserter, Signal
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -43,6 +47,7 @@ class AttentionPort(wiring.Component):
         (`formats.instructions.attention_body`)
     window_base, window_size : the DMA window
     m_axi : AXI4 manager port: the Q/K/V reader's reads and the O writer's writes
+    cancel : stop the call under way (see above)
     busy : from the cycle after ``issue`` until the call has ended
     error : how it ended (`ErrorCode`), valid when ``busy`` falls
     perf : the unit's `formats.attention.ATTENTION_COUNTERS`
@@ -55,6 +60,7 @@ class AttentionPort(wiring.Component):
         self.config = config
         super().__init__({
             **compute_port(config, attention_body(config), ATTENTION_COUNTERS),
+            "cancel": In(1),
             "sequencer": Out(SEQUENCER_COUNTERS),
         })
 
@@ -62,7 +68,9 @@ class AttentionPort(wiring.Component):
         m = Module()
         config = self.config
         group, lg = config.attention_group, log2(config.axi_data_bytes)
-        m.submodules.attention = unit = Attention(config)
+        stopping = Signal()                    # cancelled: the unit held in reset
+        flush = Signal()                       # the output queue emptied as the call stops
+        m.submodules.attention = unit = ResetInserter(stopping)(Attention(config))
         m.submodules.reader = reader = Dma(config, to_unit=True)
         m.submodules.writer = writer = Dma(config, to_unit=True)
         m.d.comb += self.perf.eq(unit.perf)
@@ -99,13 +107,13 @@ class AttentionPort(wiring.Component):
                      transfer.dram.eq(run_dram), transfer.row_bytes.eq(run_bytes),
                      unit.data.valid.eq(reader.sram_write.valid),
                      unit.data.p.eq(reader.sram_write.p.data),
-                     reader.sram_write.ready.eq(unit.data.ready)]
+                     reader.sram_write.ready.eq(unit.data.ready | stopping)]
         with m.If(unit.data.valid & unit.data.ready):
             m.d.sync += self.sequencer.words_read.eq(self.sequencer.words_read + 1)
 
         # -- the writes: output words queue; a command claims those queued, from the next O byte
-        m.submodules.results = results = fifo.SyncFIFOBuffered(
-            width=8 * config.axi_data_bytes, depth=group * config.attention_row_words)
+        m.submodules.results = results = ResetInserter(flush)(fifo.SyncFIFOBuffered(
+            width=8 * config.axi_data_bytes, depth=group * config.attention_row_words))
         total = config.max_seq_len * config.attention_row_words
         queued = Signal(range(total + 1))                 # in the queue, not yet claimed
         unclaimed = Signal(range(total + 1))              # the call's words not yet claimed
@@ -120,8 +128,8 @@ class AttentionPort(wiring.Component):
                      writer.cmd.p.transfer.row_bytes.eq(claim << lg)]
         claiming = Signal()
         m.d.comb += [claiming.eq(writer.cmd.valid & writer.cmd.ready),
-                     writer.cmd.valid.eq((queued != 0) & ((queued >= STORE_CHUNK)
-                                                          | (queued == unclaimed)))]
+                     writer.cmd.valid.eq((queued != 0) & ~stopping
+                                         & ((queued >= STORE_CHUNK) | (queued == unclaimed)))]
         m.d.sync += queued.eq(queued + pushed - Mux(claiming, claim, 0))
         with m.If(claiming):
             m.d.sync += [unclaimed.eq(unclaimed - claim), o_address.eq(o_address + (claim << lg))]
@@ -166,17 +174,24 @@ class AttentionPort(wiring.Component):
                                  q_address.eq(body.q), o_address.eq(body.o), queued.eq(0),
                                  unclaimed.eq(c.seq_q * (row_q >> lg)), self.sequencer.eq(0)]
                     m.next = "GROUP"
+            def stop_if_cancelled():
+                """A cancel once the unit has the call stops it (this comes last in a state)."""
+                with m.If(self.cancel):
+                    m.next = "STOP"
+
             with m.State("GROUP"):
                 group_rows, group_keys = group_extent(c, first_row, row0_position, group)
                 m.d.sync += [rows.eq(group_rows), keys.eq(group_keys), key.eq(0),
                              k_address.eq(body.k), v_address.eq(body.v)]
                 m.next = "Q"
+                stop_if_cancelled()
 
             def run(address, length, then):
                 """A read command of `length` bytes from `address`; `then()` once taken."""
                 m.d.comb += [run_valid.eq(1), run_dram.eq(address), run_bytes.eq(length)]
                 with m.If(reader.cmd.ready):
                     then()
+                stop_if_cancelled()
 
             with m.State("Q"):
                 def q_taken():
@@ -203,6 +218,12 @@ class AttentionPort(wiring.Component):
             with m.State("DRAIN"):                # the last words reach the unit and O
                 with m.If(~reader.busy & ~unit.busy & (unclaimed == 0) & ~writer.busy
                           & ~writer.cmd.valid):
+                    m.next = "IDLE"
+                stop_if_cancelled()
+            with m.State("STOP"):                 # cancelled: what was asked for, then idle
+                m.d.comb += stopping.eq(1)
+                with m.If(~reader.busy & ~writer.busy):
+                    m.d.comb += flush.eq(1)
                     m.next = "IDLE"
             with m.State("END"):
                 m.next = "IDLE"

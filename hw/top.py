@@ -142,6 +142,7 @@ class Accelerator(wiring.Component):
             route.command.eq(body.route),
             attention.issue.eq(ctrl.compute.issue & (opcode == Opcode.ATTENTION)),
             attention.command.eq(body.attention),
+            attention.cancel.eq(ctrl.cancel),
             ffn.loop_command.eq(body.expert_loop),
             ffn.cancel.eq(ctrl.cancel),
             ffn.table_written.eq(buffers.load_write.valid & buffers.load_write.ready

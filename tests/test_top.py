@@ -247,12 +247,14 @@ def route_cases(config) -> list[dict]:
 
 
 ATTENTION_CODES = {"command": "BAD_FIELD", "window": "DMA_WINDOW"}
+ATTENTION_ABORT_AFTER = 400     # cycles into a grouped-query call of about 1 800
 
 
 def attention_cases(config) -> list[dict]:
     """ATTENTION programs over the window's random bytes (`sim.programs.random_attention`): each
     refusal once; then directed calls: grouped-query and causal over three query groups and a
-    part, and rows as wide as the unit holds, at odd byte offsets."""
+    part (whole, and aborted a fifth of the way through), and rows as wide as the unit holds, at
+    odd byte offsets."""
     import random
 
     from moeaccel.formats.attention import AttentionShape
@@ -278,7 +280,9 @@ def attention_cases(config) -> list[dict]:
             shape, params, q=3, k=5 + shape.seq_q * row_q, v=7 + (shape.seq_q + shape.seq_kv)
             * row_q, o=LINEAR_WINDOW // 2 + 1).finish()
         cases.append(_case(f"ATTENTION {title}", program, window=LINEAR_WINDOW))
-    return cases
+    aborted = dict(cases[-2], name="ATTENTION grouped-query, causal, aborted",
+                   abort_after=ATTENTION_ABORT_AFTER, expect="ABORTED")
+    return cases + [aborted]
 
 
 def moe_layer_cases(config, tokens: int = 12) -> list[dict]:
@@ -387,6 +391,8 @@ def test_top_runs_programs_as_the_emulator_does(config_name, random_programs, pi
     assert sum(r["code"] == "NONE" for r in called) >= 0.7 * attentions
     assert runs["ATTENTION grouped-query, causal"]["code"] == "NONE"
     assert runs["ATTENTION rows as wide as the unit holds"]["code"] == "NONE"
+    # an abort stops the call within a few cycles, every transaction it started finished
+    assert runs["ATTENTION grouped-query, causal, aborted"]["cycles"] < ATTENTION_ABORT_AFTER + 100
     layers = {name: r for name, r in runs.items() if name.startswith("MoE layer")}
     assert layers and all(r["code"] == "NONE" and r["counters"]["top_experts_run"] > 0
                           for r in layers.values()), layers
