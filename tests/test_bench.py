@@ -336,6 +336,10 @@ def test_resource_tables_quote_the_recorded_synthesis():
     assert (f"On pynq-z2 the buffers take {bram['pynq-z2']} RAMB36, more than the xc7z020's 140"
             in _prose(DOCS / "top.md"))
     assert bram["pynq-z2"] > 140
+    tiny = {entry["block"]: summary(entry)["dsp"] for entry in load_figures()["resources"]
+            if entry["config"] == "tiny"}
+    assert (f"The whole tiny top takes {tiny['top']} DSP slices: its MAC array is "
+            f"{tiny['mac-array']} of them" in _prose(DOCS / "top.md"))
 
 
 @pytest.mark.slow
