@@ -122,7 +122,6 @@ class Emulator:
         waiting = {q: 0 for q in Queue}
         fetch = {"next": 0, "time": 0}
         table_stale = True
-        last_transfer = {q: False for q in Queue}
 
         def dispatch(now: int) -> None:
             while fetch["next"] < len(instructions):
@@ -184,7 +183,7 @@ class Emulator:
                            if instruction.opcode is Opcode.EXPERT_LOOP else None)
             cycles = instruction_cycles(self.config, instruction.opcode, instruction.fields,
                                         loop_tokens, table_stale)
-            if q is not Queue.COMPUTE and start == queue_free[q] and last_transfer[q]:
+            if q is not Queue.COMPUTE and start == queue_free[q] and heads[q] > 0:
                 cycles += TRANSFER_TURNAROUND_CYCLES     # the DMA engine, right after a transfer
             end = start + cycles
             if end > self.watchdog_cycles:
@@ -214,7 +213,6 @@ class Emulator:
                 if name[0] is q and getattr(instruction, name[1]):
                     tokens[pair].append(end)
             queue_free[q] = end + ISSUE_CYCLES
-            last_transfer[q] = True
             waiting[q] -= 1
             if instruction.opcode is Opcode.SYNC:
                 barrier_end = end

@@ -77,7 +77,6 @@ ATTENTION_DRAIN_STAGES = 2   # the accumulator read and the output register of a
 # engine's testbench, and the model's assumption for a pass fed from the bus).
 WEIGHT_LEAD_CYCLES = 3
 
-# The DMA engine (modelled until the accelerator top is built).
 # The vector unit (`hw.vector`).
 VECTOR_LATENCY = 8           # issue, read, c, c x b1, t, a2 x b2 + c2, x m, round and saturate
 VECTOR_ROW_BANKS = 3         # rows on chip: one streaming in, one waiting for its rsqrt, one leaving
@@ -179,7 +178,7 @@ def attention_cycles(shape: AttentionShape, group: int, word: int) -> dict:
     return phases
 
 
-# -- transfers, the expert loop and the vector unit (modelled) --------------------------------------
+# -- transfers and the expert loop (on the top), the vector unit (measured) -------------------------
 
 def fetched_cycle(config: AccelConfig, index: int) -> int:
     """The cycle instruction `index` of a program reaches the controller: the fetch unit streams
@@ -289,8 +288,6 @@ def vector_cycles(config: AccelConfig, fields: dict, *, word_cycles: int = 1,
         out_end.append(max(ready, out_end[-1] + 1 if out_end else ready) + words - 1)
     return out_end[-1] + VECTOR_LATENCY + 1
 
-
-# -- an instruction ---------------------------------------------------------------------------------
 
 # -- the units on the accelerator top (measured on the top) ----------------------------------------
 #
